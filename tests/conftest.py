@@ -1,0 +1,74 @@
+"""Shared fixtures: paths to ../shared, tiny models, and real images to work on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ttsr_cli.nn import TTSR, TTSRConfig
+from ttsr_cli.weights import save_safetensors
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+OFFICIAL = SHARED / "fixtures" / "ttsr-official"
+
+#: Few channels and blocks: runs in milliseconds, exercises every code path of the paper model.
+TINY = TTSRConfig(n_feats=8, num_res_blocks=(1, 1, 1, 1), res_scale=1.0, lte_widths=(8, 16, 32))
+
+
+def require_official() -> Path:
+    if not (OFFICIAL / "state_dict.pt").is_file():
+        pytest.skip(f"official TTSR fixture not found at {OFFICIAL} (../shared is absent)")
+    return OFFICIAL
+
+
+@pytest.fixture
+def official() -> Path:
+    return require_official()
+
+
+@pytest.fixture
+def tiny_model() -> TTSR:
+    torch.manual_seed(0)
+    return TTSR(TINY).eval()
+
+
+@pytest.fixture
+def tiny_weights(tmp_path: Path, tiny_model: TTSR) -> Path:
+    path = tmp_path / "tiny.safetensors"
+    save_safetensors(tiny_model, path)
+    return path
+
+
+def sample_image(name: str = "astronaut", size: tuple[int, int] | None = None) -> np.ndarray:
+    """A real photo bundled with scikit-image, optionally resized to ``size`` (w, h)."""
+    import skimage.data
+
+    image = getattr(skimage.data, name)()
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    if size is not None:
+        image = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+    return image
+
+
+def save_png(path: Path, array: np.ndarray) -> Path:
+    Image.fromarray(array).save(path)
+    return path
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``ttsr`` in a real subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "ttsr_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )

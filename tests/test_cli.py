@@ -1,0 +1,171 @@
+"""``ttsr`` as a user runs it: real subprocesses, real files, one-line failures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli, sample_image, save_png
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> dict[str, Path]:
+    return {
+        "lr": save_png(tmp_path / "photo.png", sample_image("astronaut", (37, 29))),
+        "ref": save_png(tmp_path / "ref.png", sample_image("astronaut", (130, 98))),
+        "ref2": save_png(tmp_path / "ref2.png", sample_image("coffee", (90, 60))),
+    }
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_describes_the_commands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "upscale" in result.stdout
+    result = run_cli("upscale", "--help")
+    assert result.returncode == 0
+    for option in ("--ref", "--weights", "--output", "--device", "--max-memory"):
+        assert option in result.stdout
+    assert run_cli("--version").stdout.startswith("ttsr ")
+
+
+def test_upscale_writes_four_times_the_input(images, tiny_weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "sr.png"
+    result = run_cli(
+        "upscale",
+        images["lr"],
+        "--ref",
+        images["ref"],
+        "--weights",
+        tiny_weights,
+        "-o",
+        out,
+        "--device",
+        "cpu",
+    )
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out).size == (148, 116)
+    assert "wrote" in result.stderr
+    assert not [p for p in out.parent.iterdir() if p.name != "sr.png"]  # no temp files left
+
+
+def test_without_reference_the_image_is_its_own(images, tiny_weights: Path, tmp_path: Path) -> None:
+    result = run_cli("upscale", images["lr"], "--weights", tiny_weights, "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert Image.open(tmp_path / "photo_ttsr.png").size == (148, 116)
+
+
+def test_several_references_and_budgets(images, tiny_weights: Path, tmp_path: Path) -> None:
+    outputs = []
+    for budget in ("1GB", "64KB"):
+        out = tmp_path / f"sr-{budget}.png"
+        result = run_cli(
+            "upscale",
+            images["lr"],
+            "-r",
+            images["ref"],
+            "-r",
+            images["ref2"],
+            "-w",
+            tiny_weights,
+            "-o",
+            out,
+            "--max-memory",
+            budget,
+        )
+        assert result.returncode == 0, result.stderr
+        outputs.append(np.asarray(Image.open(out)))
+    assert np.array_equal(outputs[0], outputs[1])  # the budget never changes the result
+
+
+def test_output_format_follows_extension(images, tiny_weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sr.jpg"
+    result = run_cli("upscale", images["lr"], "-w", tiny_weights, "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out).format == "JPEG"
+
+
+def test_missing_input(images, tiny_weights: Path, tmp_path: Path) -> None:
+    result = run_cli("upscale", tmp_path / "nope.png", "-w", tiny_weights)
+    assert result.returncode == 1
+    assert_one_line_error(result, "nope.png", "not found")
+
+
+def test_input_that_is_not_an_image(images, tiny_weights: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "notes.png"
+    bad.write_text("hello")
+    result = run_cli("upscale", bad, "-w", tiny_weights)
+    assert result.returncode == 1
+    assert_one_line_error(result, "notes.png", "not an image")
+
+
+def test_truncated_input(images, tiny_weights: Path, tmp_path: Path) -> None:
+    data = images["ref"].read_bytes()
+    bad = tmp_path / "cut.png"
+    bad.write_bytes(data[: len(data) // 2])
+    result = run_cli("upscale", bad, "-w", tiny_weights)
+    assert result.returncode == 1
+    assert_one_line_error(result, "cut.png")
+
+
+def test_corrupt_weights(images, tmp_path: Path) -> None:
+    for name in ("w.pt", "w.safetensors"):
+        weights = tmp_path / name
+        weights.write_bytes(os.urandom(2048))
+        result = run_cli("upscale", images["lr"], "-w", weights)
+        assert result.returncode == 2
+        assert_one_line_error(result, name)
+
+
+def test_missing_or_tiny_reference(images, tiny_weights: Path, tmp_path: Path) -> None:
+    result = run_cli("upscale", images["lr"], "--ref", tmp_path / "gone.jpg", "-w", tiny_weights)
+    assert result.returncode == 2
+    assert_one_line_error(result, "reference", "gone.jpg", "not found")
+    small = save_png(tmp_path / "small.png", sample_image("astronaut", (3, 8)))
+    result = run_cli("upscale", images["lr"], "--ref", small, "-w", tiny_weights)
+    assert result.returncode == 2
+    assert_one_line_error(result, "small.png", "at least 4x4")
+
+
+def test_never_overwrites_the_input(images, tiny_weights: Path) -> None:
+    before = images["lr"].read_bytes()
+    result = run_cli("upscale", images["lr"], "-w", tiny_weights, "-o", images["lr"])
+    assert result.returncode == 1
+    assert_one_line_error(result, "overwrite")
+    assert images["lr"].read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "fragment"),
+    [
+        ("--device", "cuda:3", "cuda"),
+        ("--device", "tpu", "tpu"),
+        ("--max-memory", "lots", "lots"),
+        ("-o", "out.xyz", "out.xyz"),
+    ],
+)
+def test_bad_options(images, tiny_weights: Path, option: str, value: str, fragment: str) -> None:
+    result = run_cli("upscale", images["lr"], "-w", tiny_weights, option, value)
+    assert result.returncode != 0
+    assert_one_line_error(result, fragment)
+
+
+def test_debug_shows_the_traceback(images, tmp_path: Path) -> None:
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"junk")
+    result = run_cli("upscale", images["lr"], "-w", weights, "--debug")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr

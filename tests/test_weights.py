@@ -1,0 +1,125 @@
+"""Checkpoints load strictly in both formats, with the configuration read from the tensors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY
+from ttsr_cli.errors import TTSRError
+from ttsr_cli.nn import TTSR, TTSRConfig
+from ttsr_cli.weights import infer_config, load_model, save_safetensors
+
+
+def test_official_fixture_loads_strictly_with_no_flags(official: Path) -> None:
+    model = load_model(official / "state_dict.pt")
+    assert model.config == TTSRConfig(n_feats=32, num_res_blocks=(2, 2, 2, 1))
+    state = torch.load(official / "state_dict.pt", weights_only=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_random_paper_checkpoint_in_original_layout_loads(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = TTSR()
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}  # saved from DataParallel
+    state.update({f"module.LTE_copy.{k}": v for k, v in model.LTE.state_dict().items()})
+    path = tmp_path / "TTSR.pt"
+    torch.save(state, path)
+    loaded = load_model(path)
+    assert loaded.config == TTSRConfig()
+    assert torch.equal(loaded.MainNet.RB33[3].conv2.weight, model.MainNet.RB33[3].conv2.weight)
+
+
+def test_safetensors_round_trip_keeps_the_configuration(tmp_path: Path) -> None:
+    config = TTSRConfig(
+        n_feats=8, num_res_blocks=(3, 0, 2, 1), res_scale=0.5, lte_widths=(4, 8, 16)
+    )
+    model = TTSR(config)
+    save_safetensors(model, tmp_path / "m.safetensors")
+    loaded = load_model(tmp_path / "m.safetensors")
+    assert loaded.config == config  # res_scale comes from metadata, the rest from shapes
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+
+
+def test_infer_config_counts_blocks_per_stage() -> None:
+    config = TTSRConfig(n_feats=16, num_res_blocks=(4, 3, 2, 1), lte_widths=(8, 16, 24))
+    assert infer_config(TTSR(config).state_dict()) == config
+
+
+def _one_line(exc: pytest.ExceptionInfo[TTSRError]) -> str:
+    text = str(exc.value)
+    assert "\n" not in text
+    return text
+
+
+def test_missing_tensor_is_named(tmp_path: Path) -> None:
+    state = TTSR(TINY).state_dict()
+    del state["MainNet.merge_tail.conv_tail2.bias"]
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(TTSRError) as exc:
+        load_model(tmp_path / "bad.pt")
+    assert "missing: MainNet.merge_tail.conv_tail2.bias" in _one_line(exc)
+    assert str(tmp_path / "bad.pt") in str(exc.value)
+
+
+def test_unexpected_and_misshaped_tensors_are_named(tmp_path: Path) -> None:
+    state = TTSR(TINY).state_dict()
+    state["MainNet.extra.weight"] = torch.zeros(1)
+    state["MainNet.conv12.bias"] = torch.zeros(5)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(TTSRError) as exc:
+        load_model(tmp_path / "bad.pt")
+    text = _one_line(exc)
+    assert "unexpected: MainNet.extra.weight" in text
+    assert "MainNet.conv12.bias (5,) != (32,)" in text
+
+
+def test_metadata_that_contradicts_the_tensors_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in TTSR(TINY).state_dict().items()}
+    save_file(
+        state,
+        str(tmp_path / "m.safetensors"),
+        metadata={"config": '{"n_feats": 16, "num_res_blocks": [1, 1, 1, 1]}'},
+    )
+    with pytest.raises(TTSRError, match="metadata says"):
+        load_model(tmp_path / "m.safetensors")
+
+
+@pytest.mark.parametrize("name", ["random.pt", "random.safetensors", "random.pth"])
+def test_random_bytes_give_one_line(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(TTSRError) as exc:
+        load_model(path)
+    assert _one_line(exc).startswith(str(path))
+
+
+def test_pickled_code_is_never_executed(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):  # runs on unpickling if the loader trusts the file
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as fh:
+        pickle.dump({"x": Exploit()}, fh)
+    with pytest.raises(TTSRError):
+        load_model(path)
+    assert not marker.exists()
+
+
+def test_a_file_that_is_not_a_ttsr_checkpoint(tmp_path: Path) -> None:
+    torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
+    with pytest.raises(TTSRError, match="not a TTSR checkpoint"):
+        load_model(tmp_path / "other.pt")
+    with pytest.raises(TTSRError, match="not found"):
+        load_model(tmp_path / "absent.pt")

@@ -1,0 +1,5 @@
+"""Allow ``python -m ttsr_cli``."""
+
+from ttsr_cli.cli import main
+
+main()

@@ -1,0 +1,43 @@
+"""User-facing output: one-line errors on stderr and exit codes, tracebacks only on request."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+
+from ttsr_cli.errors import TTSRError
+
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def error(message: str) -> None:
+    stderr.print(f"[bold red]error:[/] {message}", markup=True)
+
+
+@contextlib.contextmanager
+def reported_errors(debug: bool = False) -> Iterator[None]:
+    """Turn library failures into one line and the right exit code (2 configuration,
+    1 input, 130 interrupted); ``debug`` re-raises so the traceback shows."""
+    try:
+        yield
+    except TTSRError as exc:
+        if debug:
+            raise
+        error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except (MemoryError, RuntimeError) as exc:
+        if debug or not _is_out_of_memory(exc):
+            raise
+        error("out of memory: lower --max-memory or use a smaller reference")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        error("interrupted")
+        raise typer.Exit(130) from None
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate" in text

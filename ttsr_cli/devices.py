@@ -1,0 +1,88 @@
+"""Choosing the compute device and sizing memory budgets from what is actually free."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ttsr_cli.errors import TTSRError
+
+#: Share of free memory the relevance search may use by default.  The rest is left to the
+#: network's activations (a few x the output size) and to other processes.
+SEARCH_SHARE = 0.25
+#: Beyond this the search gains nothing: blocks of a few thousand rows already run matmul at
+#: full speed, and a smaller working set leaves room for larger images.
+SEARCH_BUDGET_CAP = 1 << 30
+SEARCH_BUDGET_FLOOR = 64 << 20
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; an explicit name must be usable here."""
+    name = name.strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise TTSRError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TTSRError(f"device '{name}' requested but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise TTSRError(f"device '{name}' requested but only {count} CUDA device(s) exist")
+    elif device.type == "mps" and not _mps_available():
+        raise TTSRError(f"device '{name}' requested but MPS is not available")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise TTSRError(f"unsupported device '{name}' (use auto, cpu, cuda, cuda:N or mps)")
+    return device
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory the process can still allocate on ``device`` without swapping."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    return _host_available_bytes()
+
+
+def _host_available_bytes() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    return int(pages * page_size // 2)  # no availability figure: assume half of RAM is free
+
+
+def default_search_budget(device: torch.device) -> int:
+    """Working-memory budget for the relevance search on ``device``, in bytes."""
+    share = int(free_memory_bytes(device) * SEARCH_SHARE)
+    return max(SEARCH_BUDGET_FLOOR, min(SEARCH_BUDGET_CAP, share))
+
+
+def parse_size(text: str) -> int:
+    """``'512MB'``, ``'2G'``, ``'1.5GiB'`` or a plain byte count -> bytes (powers of 1024)."""
+    units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    s = text.strip().lower().removesuffix("ib").removesuffix("b")
+    number, unit = (s[:-1], s[-1]) if s and s[-1] in units else (s, "")
+    try:
+        value = float(number)
+    except ValueError:
+        raise TTSRError(f"cannot read memory size '{text}' (try 512MB or 2GB)") from None
+    if value <= 0:
+        raise TTSRError(f"memory size must be positive, got '{text}'")
+    return int(value * units[unit])

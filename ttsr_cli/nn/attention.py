@@ -1,0 +1,272 @@
+"""Relevance embedding, hard attention and soft attention (paper section 3.1).
+
+The original computes the relevance between every 3x3 query patch (LR up-sampled, LTE lv3)
+and every 3x3 key patch (Ref down-up, LTE lv3) as one dense matrix, and transfers textures by
+unfolding the whole reference at every level.  Both grow with the product of image sizes
+(14 GB for a 250x166 LR against a 1000x664 Ref).  Here:
+
+* :func:`relevance_search` walks the (query x key) matrix in blocks sized from a memory budget
+  and keeps only the running maximum and its arg-max per query position.  The maximum over a
+  set does not depend on how the set is split, so the result is the dense one.  Each block
+  is computed from pixel products and shifted sums instead of unfolded 3x3 patches: the same
+  numbers with a ninth of the multiplications.
+* :func:`transfer` performs the hard-attention gather and the overlapping fold directly on
+  blocks of the reference features, using memory proportional to the output only.
+
+Several references may be searched at once (``keys`` is a sequence): each query position
+takes its best match across all of them, and indices run over their positions concatenated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+PATCH = 3  # relevance is computed between 3x3 patches of lv3 features
+_NEG_INF = float("-inf")
+
+
+@dataclass
+class Correspondence:
+    """Result of the relevance search for a batch of LR images.
+
+    ``index[n, i]``: hard attention, the best key position for query position ``i`` (row-major
+    over the LR lv3 grid), counted over all references' positions concatenated.
+    ``score``: soft attention S, the relevance of that best match, shaped ``[N, 1, H, W]``.
+    """
+
+    index: torch.Tensor
+    score: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """How many query and key positions (halo included) one block of the search covers."""
+
+    query: int
+    key: int
+
+
+#: Live copies of a block's relevance values: the pixel products, their sum over the three
+#: column shifts, and the patch relevances.
+_BLOCK_COPIES = 3
+
+
+def plan_chunks(n_query: int, n_key: int, budget_bytes: int, elem_size: int) -> ChunkPlan:
+    """Largest block sizes whose working set fits ``budget_bytes``.
+
+    A block holds ``_BLOCK_COPIES`` arrays of (query positions) x (key positions).  Larger
+    blocks make better-shaped matrix products; the budget only ever halves the larger side.
+    """
+    q, k = max(1, n_query), max(1, n_key)
+    while elem_size * _BLOCK_COPIES * q * k > budget_bytes and (q > 1 or k > 1):
+        if k >= q:
+            k = max(1, k // 2)
+        else:
+            q = max(1, q // 2)
+    return ChunkPlan(query=q, key=k)
+
+
+@dataclass(frozen=True)
+class _Tile:
+    """Rows ``y0:y1`` and columns ``x0:x1`` of a feature map's position grid."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+
+def _tiles(h: int, w: int, positions: int) -> Iterator[_Tile]:
+    """Row-major tiles of at most ``positions`` positions counting their one-pixel halo:
+    bands of whole rows where a row fits, otherwise pieces of single rows.  Visiting them in
+    this order visits positions in increasing row-major index."""
+    if positions >= 3 * (w + 2):
+        rows = max(1, positions // (w + 2) - 2)
+        for y0 in range(0, h, rows):
+            yield _Tile(y0, min(h, y0 + rows), 0, w)
+        return
+    cols = max(1, positions // 3 - 2)
+    for y0 in range(h):
+        for x0 in range(0, w, cols):
+            yield _Tile(y0, y0 + 1, x0, min(w, x0 + cols))
+
+
+def _patch_norms(feat: torch.Tensor) -> torch.Tensor:
+    """L2 norm of every 3x3 zero-padded patch of ``[C, H, W]``, clamped as F.normalize does."""
+    energy = feat.square().sum(dim=0, keepdim=True).unsqueeze(0)
+    total = F.avg_pool2d(energy, PATCH, stride=1, padding=1, count_include_pad=True) * PATCH**2
+    return total[0, 0].sqrt().clamp_min(_NORM_EPS)
+
+
+_NORM_EPS = 1e-12  # F.normalize's default
+
+
+def _block_relevance(query: torch.Tensor, qt: _Tile, key: torch.Tensor, kt: _Tile) -> torch.Tensor:
+    """Un-normalised 3x3-patch products between the positions of two tiles.
+
+    ``query`` and ``key`` are zero-padded ``[C, H+2, W+2]`` maps.  The product of two 3x3 patches
+    is the sum, over the nine offsets d, of the pixel products at (i + d, j + d): one matrix
+    product of pixel vectors (1/9 of the work of unfolded patches), then shifted sums along
+    columns and rows.  Returns ``[qt positions, kt positions]``.
+    """
+    c = query.shape[0]
+    q = query[:, qt.y0 : qt.y1 + 2, qt.x0 : qt.x1 + 2].reshape(c, -1)
+    k = key[:, kt.y0 : kt.y1 + 2, kt.x0 : kt.x1 + 2].reshape(c, -1)
+    qh, qw, kh, kw = qt.height, qt.width, kt.height, kt.width
+    pixels = torch.mm(q.t(), k).view(qh + 2, qw + 2, kh + 2, kw + 2)
+    cols = pixels[:, 0:qw, :, 0:kw] + pixels[:, 1 : qw + 1, :, 1 : kw + 1]
+    cols += pixels[:, 2 : qw + 2, :, 2 : kw + 2]
+    del pixels
+    patches = cols[0:qh, :, 0:kh] + cols[1 : qh + 1, :, 1 : kh + 1]
+    patches += cols[2 : qh + 2, :, 2 : kh + 2]
+    return patches.view(qh * qw, kh * kw)
+
+
+def relevance_search(
+    query: torch.Tensor, keys: Sequence[torch.Tensor], budget_bytes: int
+) -> Correspondence:
+    """Exact hard and soft attention in bounded memory.
+
+    ``query``: LTE lv3 of the LR image up-sampled, ``[N, C, H, W]``.  ``keys``: LTE lv3 of each
+    reference down-up, ``[N or 1, C, Hr, Wr]``.  Returns, for every query position, the arg-max
+    and the maximum over all key positions of the cosine similarity of 3x3 patches (ties go to
+    the lowest index, as ``torch.max`` does on the dense matrix).
+    """
+    n, _, h, w = query.shape
+    n_key = sum((k.shape[-2] + 2) * (k.shape[-1] + 2) for k in keys)
+    plan = plan_chunks((h + 2) * (w + 2), n_key, budget_bytes, query.element_size())
+    index = torch.empty(n, h, w, dtype=torch.long, device=query.device)
+    score = torch.empty(n, h, w, dtype=query.dtype, device=query.device)
+    for b in range(n):
+        q_norm = _patch_norms(query[b])
+        q_pad = F.pad(query[b], (1, 1, 1, 1))
+        references = [k[b if k.shape[0] > 1 else 0] for k in keys]
+        inv_norms = [1.0 / _patch_norms(k) for k in references]
+        padded = [F.pad(k, (1, 1, 1, 1)) for k in references]
+        for qt in _tiles(h, w, plan.query):
+            rows = qt.height * qt.width
+            best = torch.full((rows,), _NEG_INF, dtype=query.dtype, device=query.device)
+            arg = torch.zeros(rows, dtype=torch.long, device=query.device)
+            offset = 0
+            for k_pad, k_inv in zip(padded, inv_norms, strict=True):
+                kh, kw = k_inv.shape
+                for kt in _tiles(kh, kw, plan.key):
+                    rel = _block_relevance(q_pad, qt, k_pad, kt)
+                    rel *= k_inv[kt.y0 : kt.y1, kt.x0 : kt.x1].reshape(1, -1)
+                    value, local = rel.max(dim=1)
+                    position = offset + (kt.y0 + local // kt.width) * kw + kt.x0 + local % kt.width
+                    better = value > best  # strict: ties keep the earlier (lower) position
+                    best = torch.where(better, value, best)
+                    arg = torch.where(better, position, arg)
+                offset += kh * kw
+            shape = (qt.height, qt.width)
+            index[b, qt.y0 : qt.y1, qt.x0 : qt.x1] = arg.view(shape)
+            score[b, qt.y0 : qt.y1, qt.x0 : qt.x1] = (
+                best.view(shape) / q_norm[qt.y0 : qt.y1, qt.x0 : qt.x1]
+            )
+    return Correspondence(index=index.view(n, h * w), score=score.view(n, 1, h, w))
+
+
+def transfer(
+    values: Sequence[torch.Tensor], index: torch.Tensor, lr_size: tuple[int, int], scale: int
+) -> torch.Tensor:
+    """Hard-attention texture transfer at one level (``scale`` 1, 2 or 4 for lv3, lv2, lv1).
+
+    Equivalent to the original ``fold(gather(unfold(V, k=3s, pad=s, stride=s)), ...) / 9``:
+    every LR position i copies the 3x3 neighbourhood of ``s x s`` blocks around its match
+    ``index[i]`` in the reference onto the 3x3 neighbourhood of blocks around i, and
+    overlapping copies are averaged over the nine patches.  Works on blocks directly, so
+    memory is a few times the output, never the 9x-larger unfolded reference.
+
+    ``values``: one ``[N or 1, C, Hr*s, Wr*s]`` tensor per reference; ``index`` as returned by
+    :func:`relevance_search`.  Returns ``[N, C, H*s, W*s]``.
+    """
+    h, w = lr_size
+    n = index.shape[0]
+    outputs = []
+    for b in range(n):
+        blocks, grid = _reference_blocks([v[b if v.shape[0] > 1 else 0] for v in values], scale)
+        outputs.append(_fold_matches(blocks, grid, index[b], h, w, scale))
+    return torch.stack(outputs)
+
+
+@dataclass(frozen=True)
+class _BlockGrid:
+    """Where each reference's blocks start in the concatenated block list, and its grid size."""
+
+    offsets: torch.Tensor
+    heights: torch.Tensor
+    widths: torch.Tensor
+
+
+def _reference_blocks(values: Sequence[torch.Tensor], s: int) -> tuple[torch.Tensor, _BlockGrid]:
+    """Cut each ``[C, Hr*s, Wr*s]`` reference into ``s x s`` blocks; append one zero block."""
+    parts, offsets, heights, widths = [], [], [], []
+    total = 0
+    for v in values:
+        c, hs, ws = v.shape
+        hb, wb = hs // s, ws // s
+        parts.append(v.view(c, hb, s, wb, s).permute(1, 3, 0, 2, 4).reshape(hb * wb, c, s, s))
+        offsets.append(total)
+        heights.append(hb)
+        widths.append(wb)
+        total += hb * wb
+    parts.append(values[0].new_zeros(1, values[0].shape[0], s, s))
+    device = values[0].device
+    grid = _BlockGrid(
+        offsets=torch.tensor(offsets, device=device),
+        heights=torch.tensor(heights, device=device),
+        widths=torch.tensor(widths, device=device),
+    )
+    return torch.cat(parts), grid
+
+
+def _fold_matches(
+    blocks: torch.Tensor, grid: _BlockGrid, index: torch.Tensor, h: int, w: int, s: int
+) -> torch.Tensor:
+    zero_block = blocks.shape[0] - 1
+    ref = torch.searchsorted(grid.offsets, index, right=True) - 1
+    local = index - grid.offsets[ref]
+    ref_h, ref_w = grid.heights[ref], grid.widths[ref]
+    jy, jx = local // ref_w, local % ref_w
+    c = blocks.shape[1]
+    out = blocks.new_zeros(h + 2, w + 2, c, s, s)
+    for ay in (-1, 0, 1):
+        for ax in (-1, 0, 1):
+            ny, nx = jy + ay, jx + ax
+            inside = (ny >= 0) & (ny < ref_h) & (nx >= 0) & (nx < ref_w)
+            source = torch.where(inside, grid.offsets[ref] + ny * ref_w + nx, zero_block)
+            out[1 + ay : 1 + ay + h, 1 + ax : 1 + ax + w] += blocks[source].view(h, w, c, s, s)
+    out = out[1 : h + 1, 1 : w + 1]
+    return out.permute(2, 0, 3, 1, 4).reshape(c, h * s, w * s) / (PATCH * PATCH)
+
+
+def search_and_transfer(
+    query: torch.Tensor,
+    keys: Sequence[torch.Tensor],
+    values: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    budget_bytes: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Relevance search, then soft attention S and the transferred textures T_lv3, T_lv2, T_lv1.
+
+    ``values``: per reference, its LTE features ``(lv1, lv2, lv3)``.
+    Returns ``(S, T_lv3, T_lv2, T_lv1, hard_index)``.
+    """
+    h, w = query.shape[-2:]
+    match = relevance_search(query, keys, budget_bytes)
+    t_lv3 = transfer([v[2] for v in values], match.index, (h, w), 1)
+    t_lv2 = transfer([v[1] for v in values], match.index, (h, w), 2)
+    t_lv1 = transfer([v[0] for v in values], match.index, (h, w), 4)
+    return match.score, t_lv3, t_lv2, t_lv1, match.index

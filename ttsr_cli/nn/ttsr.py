@@ -1,0 +1,129 @@
+"""The TTSR model: LTE -> relevance search (hard/soft attention) -> main network.
+
+Its state dict has the original's keys (``LTE.*``, ``MainNet.*``), so the published
+``TTSR.pt`` / ``TTSR-rec.pt`` load without conversion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ttsr_cli.devices import default_search_budget
+from ttsr_cli.nn.attention import search_and_transfer
+from ttsr_cli.nn.lte import LTE
+from ttsr_cli.nn.mainnet import MainNet
+
+
+@dataclass(frozen=True)
+class TTSRConfig:
+    """Architecture hyper-parameters.  The defaults are the paper's (6.73 M parameters)."""
+
+    n_feats: int = 64
+    num_res_blocks: tuple[int, int, int, int] = (16, 16, 8, 4)
+    res_scale: float = 1.0
+    lte_widths: tuple[int, int, int] = (64, 128, 256)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "num_res_blocks", tuple(int(b) for b in self.num_res_blocks))
+        object.__setattr__(self, "lte_widths", tuple(int(c) for c in self.lte_widths))
+        if len(self.num_res_blocks) != 4 or len(self.lte_widths) != 3:
+            raise ValueError("num_res_blocks needs 4 stages and lte_widths 3 levels")
+        if self.n_feats < 2 or self.n_feats % 2:
+            raise ValueError(f"n_feats must be an even number >= 2, got {self.n_feats}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_feats": self.n_feats,
+            "num_res_blocks": list(self.num_res_blocks),
+            "res_scale": self.res_scale,
+            "lte_widths": list(self.lte_widths),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TTSRConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown configuration field(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+@dataclass
+class ReferenceFeatures:
+    """What the network needs from one reference; computed once, reusable across LR images.
+
+    ``key``: LTE lv3 of Ref down-up (matched against the LR).  ``values``: LTE
+    ``(lv1, lv2, lv3)`` of the Ref itself (the textures that are transferred).
+    """
+
+    key: torch.Tensor
+    values: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class TTSROutput:
+    """SR image in [-1, 1], soft attention S, transferred textures and the hard-attention index."""
+
+    sr: torch.Tensor
+    S: torch.Tensor
+    T_lv3: torch.Tensor
+    T_lv2: torch.Tensor
+    T_lv1: torch.Tensor
+    hard_index: torch.Tensor
+
+
+class TTSR(nn.Module):
+    """Texture Transformer Network for x4 super-resolution.
+
+    All images are ``[N, 3, H, W]`` in [-1, 1]: ``lr``; ``lrsr`` = lr bicubic-up x4; ``ref`` with
+    sides multiple of 4; ``refsr`` = ref bicubic down x4 then up x4.
+    """
+
+    def __init__(self, config: TTSRConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or TTSRConfig()
+        c = self.config
+        self.MainNet = MainNet(c.num_res_blocks, c.n_feats, c.res_scale, c.lte_widths)
+        self.LTE = LTE(c.lte_widths)
+
+    def encode_reference(self, ref: torch.Tensor, refsr: torch.Tensor) -> ReferenceFeatures:
+        return ReferenceFeatures(key=self.LTE.lv3((refsr + 1) / 2), values=self.LTE((ref + 1) / 2))
+
+    def upscale(
+        self,
+        lr: torch.Tensor,
+        lrsr: torch.Tensor,
+        references: Sequence[ReferenceFeatures],
+        search_budget: int | None = None,
+    ) -> TTSROutput:
+        """Super-resolve ``lr`` with textures from one or more encoded references.
+
+        With several references every LR patch takes its best match across all of them.
+        ``search_budget`` bounds the relevance search's working memory in bytes (default: a
+        share of the device's free memory); it never changes the result.
+        """
+        if not references:
+            raise ValueError("at least one reference is needed")
+        budget = search_budget or default_search_budget(lr.device)
+        query = self.LTE.lv3((lrsr + 1) / 2)
+        S, t_lv3, t_lv2, t_lv1, index = search_and_transfer(
+            query, [r.key for r in references], [r.values for r in references], budget
+        )
+        sr = self.MainNet(lr, S, t_lv3, t_lv2, t_lv1)
+        return TTSROutput(sr=sr, S=S, T_lv3=t_lv3, T_lv2=t_lv2, T_lv1=t_lv1, hard_index=index)
+
+    def forward(
+        self,
+        lr: torch.Tensor,
+        lrsr: torch.Tensor,
+        ref: torch.Tensor,
+        refsr: torch.Tensor,
+        search_budget: int | None = None,
+    ) -> TTSROutput:
+        return self.upscale(lr, lrsr, [self.encode_reference(ref, refsr)], search_budget)
