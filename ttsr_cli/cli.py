@@ -102,3 +102,98 @@ def upscale(
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+@app.command()
+def train(
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="Training data: a CUFED tree (train/input, train/ref) or a folder "
+            "of photos (pairs are synthesised)."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Run folder: log.jsonl, checkpoints/, model.safetensors.")
+    ],
+    config: Annotated[str, typer.Option(help="tiny, lite, paper or a .toml file.")] = "paper",
+    preset: Annotated[str, typer.Option(help="rec (L1 only) or gan (the paper's TTSR).")] = "rec",
+    steps: Annotated[
+        int | None, typer.Option(help="Total steps (with --resume: the new total).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Total epochs, instead of --steps.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples per step and process.")] = 9,
+    patch_size: Annotated[int, typer.Option(help="HR patch side in pixels (multiple of 4).")] = 160,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    precision: Annotated[str, typer.Option(help="fp32, bf16 (autocast) or fp16 (GPU).")] = "fp32",
+    seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the newest checkpoint.")
+    ] = False,
+    log_every: Annotated[int, typer.Option(help="Log every N steps.")] = 10,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 500,
+    keep: Annotated[int, typer.Option(help="Checkpoints kept.")] = 3,
+    workers: Annotated[int, typer.Option(help="Data-loading processes.")] = 0,
+    lte_init: Annotated[
+        str,
+        typer.Option(
+            help="auto (vgg19 when the LTE has VGG's widths), vgg19, random or "
+            "a VGG19 weights file."
+        ),
+    ] = "auto",
+    vgg: Annotated[str, typer.Option(help="VGG19 weights: hub or a file.")] = "hub",
+    lr: Annotated[float, typer.Option(help="Main-network learning rate.")] = 1e-4,
+    lr_lte: Annotated[float, typer.Option(help="LTE learning rate.")] = 1e-5,
+    lr_decay_steps: Annotated[
+        int, typer.Option(help="Halve the rates every N steps (0: never).")
+    ] = 0,
+    channels_last: Annotated[
+        bool, typer.Option("--channels-last", help="NHWC memory layout.")
+    ] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks on failure.")
+    ] = False,
+) -> None:
+    """Train or fine-tune TTSR; run under torchrun for several processes (DDP)."""
+    from ttsr_cli.train import TrainOptions, load_config
+    from ttsr_cli.train import train as run_training
+
+    with reported_errors(debug):
+        opts = TrainOptions(
+            data=data,
+            out=out,
+            config=load_config(config),
+            preset=preset,
+            steps=steps,
+            epochs=epochs,
+            batch_size=batch_size,
+            patch_size=patch_size,
+            device=device,
+            precision=precision,
+            seed=seed,
+            resume=resume,
+            log_every=log_every,
+            checkpoint_every=checkpoint_every,
+            keep=keep,
+            workers=workers,
+            lte_init=lte_init,
+            vgg=vgg,
+            lr=lr,
+            lr_lte=lr_lte,
+            lr_decay_steps=lr_decay_steps,
+            channels_last=channels_last,
+            compile=compile,
+        )
+
+        def report(step: int, total: int, record: dict) -> None:
+            if not quiet:
+                stderr.print(
+                    f"step {step}/{total}  loss {record['loss']:.4f}  "
+                    f"{record['samples_per_s']:.1f} samples/s"
+                )
+
+        result = run_training(opts, on_step=report)
+        if not quiet:
+            stderr.print(f"wrote {result.model_path} after {result.steps} steps")

@@ -1,0 +1,300 @@
+"""``ttsr train``: data layouts, losses, checkpoints, exact resume, SIGKILL safety, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import run_cli, sample_image, save_png
+from ttsr_cli.errors import TTSRError
+from ttsr_cli.nn.vgg import VGG19Relu5
+from ttsr_cli.pairs import PairDataset
+from ttsr_cli.train import CONFIGS, Distributed, TrainOptions, load_config, step_batches, train
+
+TRAIN_ARGS = (
+    "--config",
+    "tiny",
+    "--batch-size",
+    "2",
+    "--patch-size",
+    "48",
+    "--device",
+    "cpu",
+    "--seed",
+    "0",
+    "--log-every",
+    "1",
+)
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, size in (("astronaut", (160, 140)), ("coffee", (150, 100)), ("chelsea", (120, 90))):
+        save_png(folder / f"{name}.png", sample_image(name, size))
+    return folder
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def step_records(run: Path) -> list[dict]:
+    return [r for r in read_log(run) if "event" not in r]
+
+
+def options(photos: Path, out: Path, **overrides) -> TrainOptions:
+    base = dict(
+        data=photos,
+        out=out,
+        config=CONFIGS["tiny"],
+        batch_size=2,
+        patch_size=48,
+        device="cpu",
+        log_every=1,
+        checkpoint_every=2,
+    )
+    return TrainOptions(**{**base, **overrides})
+
+
+def test_train_resume_export_and_upscale_through_the_cli(photos: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    first = run_cli("train", "--data", photos, "--out", run, "--steps", "4", *TRAIN_ARGS)
+    assert first.returncode == 0, first.stderr
+    second = run_cli(
+        "train", "--data", photos, "--out", run, "--steps", "6", "--resume", *TRAIN_ARGS
+    )
+    assert second.returncode == 0, second.stderr
+    steps = [r["step"] for r in step_records(run)]
+    assert steps == [1, 2, 3, 4, 5, 6]  # reached the new total, no step logged twice
+    for record in step_records(run):
+        assert {"loss", "rec", "lr", "lr_lte", "samples_per_s"} <= record.keys()
+    assert (run / "checkpoints" / "step-6.pt").exists()
+    out = tmp_path / "sr.png"
+    result = run_cli("upscale", photos / "chelsea.png", "-w", run / "model.safetensors", "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert out.exists()
+
+
+def test_resumed_run_matches_the_uninterrupted_one(photos: Path, tmp_path: Path) -> None:
+    straight = tmp_path / "straight"
+    train(options(photos, straight, steps=6))
+    split = tmp_path / "split"
+    train(options(photos, split, steps=3))
+    train(options(photos, split, steps=6, resume=True))
+    a, b = step_records(straight), step_records(split)
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+
+
+def test_loss_falls(photos: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(options(photos, run, steps=30, lr=1e-3, patch_size=32, checkpoint_every=100))
+    losses = [r["loss"] for r in step_records(run)]
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
+
+
+def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint(photos: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "--data",
+        photos,
+        "--out",
+        run,
+        "--steps",
+        "400",
+        "--checkpoint-every",
+        "1",
+        "--keep",
+        "2",
+        *TRAIN_ARGS,
+    ]
+    for delay in (0.5, 1.3):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ttsr_cli", *map(str, args)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 120
+        while not list((run / "checkpoints").glob("step-*.pt")) and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        args = [a for a in args if a != "--resume"] + ["--resume"]
+    newest = sorted((run / "checkpoints").glob("step-*.pt"), key=lambda p: int(p.stem[5:]))[-1]
+    state = torch.load(newest, weights_only=True)
+    assert state["step"] == int(newest.stem[5:])
+    result = run_cli(
+        "train",
+        "--data",
+        photos,
+        "--out",
+        run,
+        "--resume",
+        "--steps",
+        str(state["step"] + 2),
+        "--checkpoint-every",
+        "1",
+        *TRAIN_ARGS,
+    )
+    assert result.returncode == 0, result.stderr
+    steps = [r["step"] for r in step_records(run)]
+    assert steps == list(range(1, state["step"] + 3))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_ranks_end_identical(photos: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(_free_port()),
+            "-m",
+            "ttsr_cli",
+            "train",
+            "--data",
+            str(photos),
+            "--out",
+            str(run),
+            "--steps",
+            "3",
+            *TRAIN_ARGS,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    end = next(r for r in read_log(run) if r.get("event") == "end")
+    assert len(end["rank_checksums"]) == 2
+    assert end["rank_checksums"][0] == end["rank_checksums"][1]
+    assert [r["step"] for r in step_records(run)] == [1, 2, 3]  # only rank 0 logs
+
+
+def test_ranks_draw_distinct_slices_of_each_global_batch() -> None:
+    ranks = [list(step_batches(0, 3, 2, Distributed(rank=r, world=2))) for r in range(2)]
+    assert ranks[0] == [[0, 1], [4, 5], [8, 9]]
+    assert ranks[1] == [[2, 3], [6, 7], [10, 11]]
+
+
+def test_cufed_layout_is_detected_and_padded(tmp_path: Path) -> None:
+    for sub in ("input", "ref"):
+        (tmp_path / "train" / sub).mkdir(parents=True)
+    for i in range(3):
+        save_png(
+            tmp_path / "train" / "input" / f"{i:03d}.png", sample_image("astronaut", (160, 160))
+        )
+        save_png(tmp_path / "train" / "ref" / f"{i:03d}.png", sample_image("coffee", (150, 120)))
+    data = PairDataset(tmp_path, 160, seed=0)
+    assert data.layout == "cufed" and len(data) == 3
+    sample = data[0]
+    assert sample["lr"].shape == (3, 40, 40) and sample["ref"].shape == (3, 160, 160)
+    # The 150x120 reference is cropped to 148x120 and zero-padded (-1 in [-1, 1]) to 160x160:
+    # 12 padded columns and 40 padded rows, whichever way it was rotated.
+    blank = (sample["ref"] == -1).all(dim=0)
+    assert int(blank.all(dim=1).sum() + blank.all(dim=0).sum()) == 52
+
+
+def test_mismatched_cufed_tree_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "train" / "input").mkdir(parents=True)
+    (tmp_path / "train" / "ref").mkdir(parents=True)
+    save_png(tmp_path / "train" / "input" / "a.png", sample_image("astronaut", (160, 160)))
+    with pytest.raises(TTSRError, match="train/ref has 0"):
+        PairDataset(tmp_path, 160, seed=0)
+
+
+def test_synthesised_reference_overlaps_the_input(photos: Path) -> None:
+    data = PairDataset(photos, 48, seed=3)
+    same = [data[k] for k in range(12)]
+    # the reference is a warped view of the same photo in most samples: its colours match
+    close = sum(
+        float((s["hr"].mean((1, 2)) - s["ref"].mean((1, 2))).abs().max()) < 0.25 for s in same
+    )
+    assert close >= 8
+    assert all(torch.equal(a, b) for a, b in zip(data[5].values(), data[5].values(), strict=True))
+
+
+def _random_vgg_file(path: Path) -> Path:
+    torch.manual_seed(0)
+    state = {
+        f"features.{k[len('features.') :]}": v.contiguous()
+        for k, v in VGG19Relu5().state_dict().items()
+        if k.startswith("features.")
+    }
+    save_file(state, str(path))
+    return path
+
+
+def test_gan_preset_runs_every_loss_after_the_warmup(photos: Path, tmp_path: Path) -> None:
+    vgg = _random_vgg_file(tmp_path / "vgg19.safetensors")
+    run = tmp_path / "gan"
+    # 3 photos, batch 2: an epoch is 2 steps, so the two warm-up epochs end after step 4.
+    train(options(photos, run, steps=6, preset="gan", vgg=str(vgg), patch_size=32))
+    records = step_records(run)
+    assert set(records[0]) >= {"rec"} and "adv" not in records[0]
+    assert {"rec", "per", "tpl", "adv", "critic"} <= set(records[-1])
+    assert all(np.isfinite(r["loss"]) for r in records)
+
+
+def test_offline_perceptual_training_fails_with_a_clear_message(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    result = run_cli(
+        "train",
+        "--data",
+        photos,
+        "--out",
+        tmp_path / "r",
+        "--steps",
+        "2",
+        "--preset",
+        "gan",
+        *TRAIN_ARGS,
+    )
+    assert result.returncode == 2
+    assert "VGG19" in result.stderr and "--lte-init random" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_configuration_files(tmp_path: Path) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text(
+        "[model]\nn_feats = 24\nnum_res_blocks = [2, 1, 1, 1]\nlte_widths = [8, 16, 32]\n"
+    )
+    assert load_config(str(path)).n_feats == 24
+    assert load_config("paper") == CONFIGS["paper"]
+    with pytest.raises(TTSRError, match="unknown configuration"):
+        load_config("huge")
+    path.write_text("[model]\nn_feats = 'wide'\n")
+    with pytest.raises(TTSRError):
+        load_config(str(path))

@@ -1,0 +1,194 @@
+"""Training pairs: (LR, LR-up, HR, Ref, Ref-down-up), prepared as the original trainer does.
+
+Two sources:
+
+* **CUFED layout** (``train/input`` + ``train/ref``, paired by sorted file name, as the
+  original): HR is the whole input image, the reference is zero-padded to the patch size.
+* **A plain folder of photos**: pairs are synthesised on the fly.  HR is a random crop; the
+  reference is a crop of the same photo at a random offset, scale and rotation (so the true
+  texture is there to be found), and now and then a crop of another photo (so the network
+  also learns to rely on the soft attention when it is not).
+
+Every random choice of sample ``k`` derives from ``(seed, k)`` alone, so a run resumed from a
+checkpoint, or split over several processes, draws exactly the samples an uninterrupted
+single-process run would.  Augmentation follows the original: flips and 90-degree rotations,
+drawn independently for the LR/HR pair and for the reference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ttsr_cli.errors import TTSRError
+from ttsr_cli.imageio import read_rgb
+from ttsr_cli.pipeline import SCALE, resize_bicubic
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+#: Share of synthesised pairs whose reference comes from another photo.
+OTHER_PHOTO_SHARE = 0.1
+MAX_ROTATION_DEG = 20.0
+SCALE_RANGE = (0.8, 1.25)
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def is_cufed_layout(root: Path) -> bool:
+    return (root / "train" / "input").is_dir() and (root / "train" / "ref").is_dir()
+
+
+@dataclass
+class Sample:
+    """One training example as uint8 ``[H, W, 3]`` arrays."""
+
+    lr: np.ndarray
+    lrsr: np.ndarray
+    hr: np.ndarray
+    ref: np.ndarray
+    refsr: np.ndarray
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Training samples ``k = 0, 1, 2, ...``; ``len`` is one epoch (one sample per image)."""
+
+    def __init__(self, root: Path, patch_size: int, seed: int) -> None:
+        if patch_size % SCALE or patch_size < 4 * SCALE:
+            raise TTSRError(f"--patch-size must be a multiple of {SCALE} and at least 16")
+        self.root, self.patch, self.seed = root, patch_size, seed
+        self.cufed = is_cufed_layout(root)
+        if self.cufed:
+            self.inputs = list_images(root / "train" / "input")
+            self.refs = list_images(root / "train" / "ref")
+            if len(self.inputs) != len(self.refs):
+                raise TTSRError(
+                    f"{root}: train/input has {len(self.inputs)} images but train/ref "
+                    f"has {len(self.refs)}"
+                )
+        else:
+            self.inputs = list_images(root) if root.is_dir() else []
+        if not self.inputs:
+            raise TTSRError(f"{root}: no training images (a CUFED tree or a folder of photos)")
+        self._photos: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def layout(self) -> str:
+        return "cufed" if self.cufed else "photos"
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, k])
+        epoch, position = divmod(k, len(self))
+        order = np.random.default_rng([self.seed, epoch, 1]).permutation(len(self))
+        index = int(order[position])
+        sample = self._cufed(index) if self.cufed else self._synthesise(index, rng)
+        return to_tensors(augment(sample, rng))
+
+    def _photo(self, index: int) -> np.ndarray:
+        """Decoded photos are kept: the folders this mode is for fit in memory."""
+        if index not in self._photos:
+            self._photos[index] = read_rgb(self.inputs[index])
+        return self._photos[index]
+
+    def _cufed(self, index: int) -> Sample:
+        hr = read_rgb(self.inputs[index])
+        h, w = hr.shape[0] // SCALE * SCALE, hr.shape[1] // SCALE * SCALE
+        hr = hr[:h, :w]
+        ref = read_rgb(self.refs[index])[: self.patch, : self.patch]
+        return _degrade(hr, ref, pad_to=self.patch)
+
+    def _synthesise(self, index: int, rng: np.random.Generator) -> Sample:
+        photo = self._photo(index)
+        p = self.patch
+        if min(photo.shape[:2]) < p:
+            raise TTSRError(f"{self.inputs[index]}: smaller than the {p} px training patch")
+        y = int(rng.integers(0, photo.shape[0] - p + 1))
+        x = int(rng.integers(0, photo.shape[1] - p + 1))
+        hr = photo[y : y + p, x : x + p]
+        if len(self) > 1 and rng.random() < OTHER_PHOTO_SHARE:
+            other = (index + 1 + int(rng.integers(0, len(self) - 1))) % len(self)
+            ref = _warped_crop(self._photo(other), None, p, rng)
+        else:
+            ref = _warped_crop(photo, (y + p / 2, x + p / 2), p, rng)
+        return _degrade(hr, ref, pad_to=p)
+
+
+def _warped_crop(
+    photo: np.ndarray, near: tuple[float, float] | None, size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """A ``size`` x ``size`` view of ``photo`` at a random scale and rotation, centred within
+    half a patch of ``near`` (anywhere when ``near`` is None)."""
+    h, w = photo.shape[:2]
+    scale = math.exp(rng.uniform(math.log(SCALE_RANGE[0]), math.log(SCALE_RANGE[1])))
+    angle = math.radians(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
+    half = size * scale / 2
+    if near is None:
+        cy, cx = rng.uniform(half, max(half, h - half)), rng.uniform(half, max(half, w - half))
+    else:
+        cy = float(np.clip(near[0] + rng.uniform(-0.5, 0.5) * size, half, max(half, h - half)))
+        cx = float(np.clip(near[1] + rng.uniform(-0.5, 0.5) * size, half, max(half, w - half)))
+    # Output pixel (u, v) samples photo at centre + scale * R(angle) (u - size/2, v - size/2).
+    cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
+    ox, oy = size / 2, size / 2
+    coeffs = (cos, -sin, cx - cos * ox + sin * oy, sin, cos, cy - sin * ox - cos * oy)
+    image = Image.fromarray(photo).transform(
+        (size, size), Image.AFFINE, coeffs, resample=Image.BICUBIC, fillcolor=(0, 0, 0)
+    )
+    return np.asarray(image)
+
+
+def _degrade(hr: np.ndarray, ref: np.ndarray, pad_to: int) -> Sample:
+    """LR, LR-up and Ref-down-up made with Pillow bicubic on uint8, as the original does; the
+    reference is zero-padded to ``pad_to`` so samples batch together (as the original)."""
+    h, w = hr.shape[:2]
+    lr = resize_bicubic(hr, w // SCALE, h // SCALE)
+    lrsr = resize_bicubic(lr, w, h)
+    rh, rw = ref.shape[0] // SCALE * SCALE, ref.shape[1] // SCALE * SCALE
+    ref = ref[:rh, :rw]
+    refsr = resize_bicubic(resize_bicubic(ref, rw // SCALE, rh // SCALE), rw, rh)
+    padded_ref = np.zeros((pad_to, pad_to, 3), np.uint8)
+    padded_refsr = np.zeros((pad_to, pad_to, 3), np.uint8)
+    padded_ref[:rh, :rw] = ref
+    padded_refsr[:rh, :rw] = refsr
+    return Sample(lr=lr, lrsr=lrsr, hr=hr, ref=padded_ref, refsr=padded_refsr)
+
+
+def augment(sample: Sample, rng: np.random.Generator) -> Sample:
+    """Random 90-degree rotations and flips, drawn separately for (LR, LR-up, HR) and Ref."""
+    k_pair, k_ref = int(rng.integers(0, 4)), int(rng.integers(0, 4))
+    flips = rng.integers(0, 2, size=4)
+
+    def pair(a: np.ndarray) -> np.ndarray:
+        a = np.rot90(a, k_pair)
+        a = np.fliplr(a) if flips[0] else a
+        return np.flipud(a) if flips[2] else a
+
+    def reference(a: np.ndarray) -> np.ndarray:
+        a = np.rot90(a, k_ref)
+        a = np.fliplr(a) if flips[1] else a
+        return np.flipud(a) if flips[3] else a
+
+    return Sample(
+        lr=pair(sample.lr),
+        lrsr=pair(sample.lrsr),
+        hr=pair(sample.hr),
+        ref=reference(sample.ref),
+        refsr=reference(sample.refsr),
+    )
+
+
+def to_tensors(sample: Sample) -> dict[str, torch.Tensor]:
+    """uint8 arrays -> float32 ``[3, H, W]`` tensors in [-1, 1]."""
+
+    def convert(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+
+    return {name: convert(getattr(sample, name)) for name in ("lr", "lrsr", "hr", "ref", "refsr")}

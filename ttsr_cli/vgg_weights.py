@@ -1,0 +1,78 @@
+"""ImageNet VGG19 weights, for the perceptual loss and the LTE's initialisation (as the paper).
+
+They come through the Hugging Face Hub (cached; ``HF_HOME``, ``HF_ENDPOINT`` and
+``HF_HUB_OFFLINE`` are honoured) from a safetensors VGG19 published for timm, or from a local
+file.  Only the ``features`` tensors are used, whatever prefix the file puts before them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from ttsr_cli.errors import TTSRError
+from ttsr_cli.nn.lte import LTE
+from ttsr_cli.nn.vgg import RELU5_1, VGG19Relu5
+from ttsr_cli.weights import read_checkpoint
+
+DEFAULT_REPO = os.environ.get("TTSR_VGG19_REPO", "timm/vgg19.tv_in1k")
+DEFAULT_FILE = "model.safetensors"
+_FEATURE_KEY = re.compile(r"(?:.*\.)?features\.(\d+)\.(weight|bias)$")
+#: VGG19 ``features`` index of each LTE conv (the LTE keeps VGG's indices).
+_LTE_LAYERS = {"slice1.0": 0, "slice2.2": 2, "slice2.5": 5, "slice3.7": 7, "slice3.10": 10}
+
+
+def vgg19_features(source: str = "hub") -> dict[int, dict[str, torch.Tensor]]:
+    """``{layer index: {"weight", "bias"}}`` of VGG19 ``features`` from the Hub or a file."""
+    path = _download() if source == "hub" else Path(source)
+    state, _ = read_checkpoint(path)
+    layers: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if m := _FEATURE_KEY.match(key):
+            layers.setdefault(int(m.group(1)), {})[m.group(2)] = value
+    expected = [i for i, m in enumerate(VGG19Relu5().features) if isinstance(m, torch.nn.Conv2d)]
+    missing = [i for i in expected if i not in layers]
+    if missing:
+        raise TTSRError(f"{path}: not a VGG19 (no features.{missing[0]}.weight)")
+    return layers
+
+
+def _download() -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(DEFAULT_REPO, DEFAULT_FILE))
+    except LocalEntryNotFoundError:
+        raise TTSRError(
+            f"ImageNet VGG19 weights ({DEFAULT_REPO}) are not cached and the Hugging Face Hub "
+            "cannot be reached; pass a local VGG19 file, or use --lte-init random and the "
+            "rec preset, which need no VGG19"
+        ) from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise TTSRError(f"could not download VGG19 weights from {DEFAULT_REPO}: {exc}") from None
+
+
+def perceptual_network(layers: dict[int, dict[str, torch.Tensor]]) -> VGG19Relu5:
+    """The frozen relu5_1 extractor with ImageNet weights."""
+    net = VGG19Relu5()
+    state = {
+        f"features.{i}.{name}": t for i, p in layers.items() if i < RELU5_1 for name, t in p.items()
+    }
+    missing, _unexpected = net.load_state_dict(state, strict=False)
+    if [k for k in missing if k.startswith("features.")]:
+        raise TTSRError(f"VGG19 weights lack {missing[0]}")
+    return net.eval()
+
+
+def init_lte(lte: LTE, layers: dict[int, dict[str, torch.Tensor]]) -> None:
+    """Copy VGG19's first five convs into the LTE (its widths must be VGG's 64/128/256)."""
+    if lte.widths != (64, 128, 256):
+        raise TTSRError(
+            f"LTE widths {lte.widths} differ from VGG19's (64, 128, 256): use --lte-init random"
+        )
+    state = {f"{name}.{p}": layers[i][p] for name, i in _LTE_LAYERS.items() for p in layers[i]}
+    lte.load_state_dict(state, strict=False)
