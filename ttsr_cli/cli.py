@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ttsr_cli import __version__
-from ttsr_cli.console import reported_errors, stderr
+from ttsr_cli.console import reported_errors, stderr, training_progress
 from ttsr_cli.devices import parse_size, select_device
 from ttsr_cli.pipeline import Upscaler, load_reference, upscale_file
 from ttsr_cli.weights import load_model
@@ -187,13 +187,7 @@ def train(
             compile=compile,
         )
 
-        def report(step: int, total: int, record: dict) -> None:
-            if not quiet:
-                stderr.print(
-                    f"step {step}/{total}  loss {record['loss']:.4f}  "
-                    f"{record['samples_per_s']:.1f} samples/s"
-                )
-
-        result = run_training(opts, on_step=report)
+        with training_progress(quiet) as report:
+            result = run_training(opts, on_step=report)
         if not quiet:
             stderr.print(f"wrote {result.model_path} after {result.steps} steps")

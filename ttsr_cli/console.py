@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from ttsr_cli.errors import TTSRError
 
@@ -41,3 +49,29 @@ def reported_errors(debug: bool = False) -> Iterator[None]:
 def _is_out_of_memory(exc: BaseException) -> bool:
     text = str(exc).lower()
     return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate" in text
+
+
+@contextlib.contextmanager
+def training_progress(quiet: bool) -> Iterator[Callable[[int, int, dict | None], None]]:
+    """A progress bar over training steps showing the last logged loss and throughput."""
+    if quiet:
+        yield lambda step, total, record: None
+        return
+    columns = (
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=stderr, transient=False) as progress:
+        task = progress.add_task("train", total=None, info="")
+
+        def update(step: int, total: int, record: dict | None) -> None:
+            info = None
+            if record is not None:
+                info = f"loss {record['loss']:.4f}  {record['samples_per_s']:.1f} samples/s"
+            progress.update(task, completed=step, total=total, **({"info": info} if info else {}))
+
+        yield update

@@ -295,6 +295,10 @@ class Trainer:
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.step = int(state["step"])
 
+    def learning_rates(self) -> dict[str, float]:
+        groups = self.optimizer.param_groups
+        return {"lr": groups[0]["lr"], "lr_lte": groups[1]["lr"]}
+
     def parameter_checksum(self) -> float:
         """Sum of all weights in float64: equal across ranks when DDP keeps them in step."""
         return float(sum(p.detach().double().sum() for p in self.model.parameters()))
@@ -314,25 +318,42 @@ def checkpoint_config(path: Path) -> TTSRConfig:
     return TTSRConfig.from_dict(state["config"])
 
 
-class JsonLog:
-    """``log.jsonl``: one object per logged step.  On resume, lines past the checkpoint's step
-    are dropped, since those steps are about to be run (and logged) again."""
+class RunLog:
+    """``log.jsonl``, one object per logged step, mirrored to TensorBoard event files when
+    tensorboard is installed.  On resume, lines past the checkpoint's step are dropped, since
+    those steps are about to be run (and logged) again."""
 
-    def __init__(self, path: Path, resume_step: int) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resume_step]
-            with atomic_path(path) as tmp:
+    def __init__(self, folder: Path, resume_step: int) -> None:
+        self.path = folder / "log.jsonl"
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            lines = self.path.read_text().splitlines()
+            kept = [line for line in lines if _step_of(line) <= resume_step]
+            with atomic_path(self.path) as tmp:
                 tmp.write_text("".join(line + "\n" for line in kept))
-        self.fh = path.open("a", encoding="utf-8")
+        self.fh = self.path.open("a", encoding="utf-8")
+        self.board = _tensorboard(folder / "tensorboard", resume_step)
 
     def write(self, record: dict) -> None:
         self.fh.write(json.dumps(record) + "\n")
         self.fh.flush()
+        if self.board is not None and "step" in record:
+            for name, value in record.items():
+                if name != "step" and isinstance(value, (int, float)):
+                    self.board.add_scalar(name, value, record["step"])
 
     def close(self) -> None:
         self.fh.close()
+        if self.board is not None:
+            self.board.close()
+
+
+def _tensorboard(folder: Path, resume_step: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(folder), purge_step=resume_step or None)
 
 
 def _step_of(line: str) -> int:
@@ -358,9 +379,13 @@ class TrainResult:
 
 
 def train(
-    opts: TrainOptions, on_step: Callable[[int, int, dict], None] | None = None
+    opts: TrainOptions, on_step: Callable[[int, int, dict | None], None] | None = None
 ) -> TrainResult:
-    """Run (or resume) a training job as described by ``opts``."""
+    """Run (or resume) a training job as described by ``opts``.
+
+    ``on_step(step, total, record)`` is called on rank 0 after every step; ``record`` is the
+    logged line on logged steps, else None.
+    """
     if opts.preset not in PRESETS:
         raise TTSRError(f"unknown preset '{opts.preset}' (rec or gan)")
     if opts.precision not in ("fp32", "bf16", "fp16"):
@@ -377,7 +402,7 @@ def train(
     if resume_from:
         trainer.load_checkpoint(resume_from[0])
     total = total_steps(opts, len(dataset), dist_info.world)
-    log = JsonLog(opts.out / "log.jsonl", trainer.step) if dist_info.main else None
+    log = RunLog(opts.out, trainer.step) if dist_info.main else None
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=list(step_batches(trainer.step, total, opts.batch_size, dist_info)),
@@ -390,18 +415,18 @@ def train(
         for batch in loader:
             last = trainer.train_step(batch)
             step = trainer.step
-            if dist_info.main and (step % opts.log_every == 0 or step == total):
-                now = time.perf_counter()
+            record = None
+            if log is not None and (step % opts.log_every == 0 or step == total):
+                seconds = time.perf_counter() - tick
                 record = {
                     "step": step,
                     **last,
-                    "lr": trainer.optimizer.param_groups[0]["lr"],
-                    "lr_lte": trainer.optimizer.param_groups[1]["lr"],
-                    "samples_per_s": opts.batch_size * dist_info.world / (now - tick),
+                    **trainer.learning_rates(),
+                    "samples_per_s": opts.batch_size * dist_info.world / seconds,
                 }
                 log.write(record)
-                if on_step:
-                    on_step(step, total, record)
+            if dist_info.main and on_step:
+                on_step(step, total, record)
             tick = time.perf_counter()
             if dist_info.main and step % opts.checkpoint_every == 0 and step < total:
                 trainer.save_checkpoint()
