@@ -71,8 +71,9 @@ class ImageData:
 def read_image(path: Path) -> ImageData:
     """Decode ``path`` with its orientation applied, keeping depth, alpha, profile, greyness."""
     with _decoding_errors(path), Image.open(path) as img:
+        deep = _is_deep_colour(img)  # before getexif(), which may decode (and drop the tiles)
         orientation = img.getexif().get(_ORIENTATION, 1)
-        if _is_deep_colour(img):
+        if deep:
             data = _decode_deep_colour(path, img)
         else:
             img.load()
