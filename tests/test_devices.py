@@ -74,3 +74,27 @@ def test_parse_size(text: str, value: int) -> None:
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(TTSRError):
         devices.parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("cuda", "mps", "expected"),
+    [(True, False, torch.float16), (False, True, torch.float32), (False, False, torch.float32)],
+)
+def test_auto_precision_follows_the_device(fake, cuda: bool, mps: bool, expected) -> None:
+    fake(cuda, mps)
+    device = devices.select_device("auto")
+    assert devices.select_precision("auto", device) == expected
+
+
+def test_explicit_precisions(fake, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake(True, False)
+    cuda = devices.select_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(TTSRError, match="bf16"):
+        devices.select_precision("bf16", cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert devices.select_precision("BF16", cuda) == torch.bfloat16
+    assert devices.select_precision("fp32", cuda) == torch.float32
+    assert devices.select_precision("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(TTSRError, match="unknown precision"):
+        devices.select_precision("int8", cuda)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,15 @@ from PIL import Image
 
 from conftest import sample_image
 from ttsr_cli.errors import InputError
-from ttsr_cli.pipeline import Upscaler, reference_pair, to_image, to_tensor
+from ttsr_cli.imageio import ImageData
+from ttsr_cli.pipeline import (
+    ReferenceCache,
+    Upscaler,
+    reference_pair,
+    resize_bicubic,
+    to_image,
+    to_tensor,
+)
 
 
 def test_tensor_round_trip_is_lossless() -> None:
@@ -48,3 +58,63 @@ def test_encoded_reference_is_reusable_across_images(tiny_model) -> None:
     first = upscaler.upscale(sample_image("astronaut", (16, 12)), [ref])
     upscaler.upscale(sample_image("chelsea", (20, 10)), [ref])
     assert np.array_equal(upscaler.upscale(sample_image("astronaut", (16, 12)), [ref]), first)
+
+
+def test_sixteen_bit_resize_keeps_sixteen_bit_precision() -> None:
+    deep = sample_image("coffee", (20, 14)).astype(np.uint16) * 256 + 97
+    up = resize_bicubic(deep, 80, 56)
+    assert up.dtype == np.uint16 and up.shape == (56, 80, 3)
+    assert np.count_nonzero(up % 257)  # values an 8-bit round trip could not produce
+    eight = resize_bicubic((deep // 256).astype(np.uint8), 80, 56).astype(float) * 256
+    assert np.abs(up.astype(float) - eight).mean() < 2 * 256  # the same kernel, finer steps
+    assert resize_bicubic(deep[..., 0], 40, 28).shape == (28, 40)
+
+
+def test_eight_bit_resize_is_pillows() -> None:
+    image = sample_image("chelsea", (25, 19))
+    expected = np.asarray(Image.fromarray(image).resize((100, 76), Image.BICUBIC))
+    assert np.array_equal(resize_bicubic(image, 100, 76), expected)
+
+
+def test_sixteen_bit_tensors_use_the_full_range() -> None:
+    deep = np.array([[[0, 32767, 65535]]], np.uint16)
+    t = to_tensor(deep, torch.device("cpu"))
+    assert t.flatten().tolist() == pytest.approx([-1.0, -1.5259e-05, 1.0], abs=1e-6)
+    assert np.array_equal(to_image(t, 16), deep)
+
+
+def test_image_with_alpha_and_sixteen_bits_is_upscaled_whole(tiny_model) -> None:
+    upscaler = Upscaler(tiny_model, torch.device("cpu"))
+    rgb = sample_image("astronaut", (15, 11)).astype(np.uint16) * 257
+    alpha = np.full((11, 15), 40000, np.uint16)
+    out = upscaler.upscale_image(ImageData(rgb, alpha, 16, b"icc", True, "PNG"))
+    assert out.rgb.shape == (44, 60, 3) and out.rgb.dtype == np.uint16
+    assert out.alpha.shape == (44, 60) and (out.alpha == 40000).all()
+    assert (out.bit_depth, out.icc_profile, out.greyscale) == (16, b"icc", True)
+
+
+def test_bf16_runs_on_cpu(tiny_model) -> None:
+    upscaler = Upscaler(tiny_model, torch.device("cpu"), precision=torch.bfloat16)
+    out = upscaler.upscale(sample_image("astronaut", (18, 13)))
+    assert out.shape == (52, 72, 3) and out.dtype == np.uint8
+    assert out.std() > 0 and next(tiny_model.parameters()).dtype == torch.float32
+
+
+def test_reference_cache_encodes_once_and_forgets_after_last_use(
+    tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = tmp_path / "ref.png"
+    Image.fromarray(sample_image("coffee", (40, 32))).save(ref)
+    upscaler = Upscaler(tiny_model, torch.device("cpu"))
+    calls = []
+    encode = upscaler.encode_reference
+    monkeypatch.setattr(upscaler, "encode_reference", lambda a: calls.append(1) or encode(a))
+    cache = ReferenceCache(upscaler, [ref, ref])
+    with cache.borrow([ref]) as first, cache.borrow([ref]) as second:
+        assert first[0] is second[0]
+    assert len(calls) == 1 and not cache._features
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(ref.read_bytes()[:100])
+    cache = ReferenceCache(upscaler, [broken])
+    with pytest.raises(InputError, match=r"reference .*broken\.png"), cache.borrow([broken]):
+        pass

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ttsr_cli import __version__
-from ttsr_cli.console import reported_errors, stderr, training_progress
-from ttsr_cli.devices import parse_size, select_device
-from ttsr_cli.pipeline import Upscaler, load_reference, upscale_file
+from ttsr_cli import __version__, batch
+from ttsr_cli.batch import DEFAULT_SUFFIX
+from ttsr_cli.console import error, reported_errors, stderr, training_progress
+from ttsr_cli.devices import parse_size, select_device, select_precision
+from ttsr_cli.pipeline import Upscaler
 from ttsr_cli.weights import load_model
 
 app = typer.Typer(
@@ -42,7 +45,13 @@ def root(
 
 @app.command()
 def upscale(
-    image: Annotated[Path, typer.Argument(help="Low-resolution image to upscale x4.")],
+    images: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Images, folders or quoted globs to upscale x4 (any format Pillow reads).",
+            show_default=False,
+        ),
+    ],
     ref: Annotated[
         list[Path] | None,
         typer.Option(
@@ -50,6 +59,16 @@ def upscale(
             "-r",
             help="Reference image. Repeat to search several together (each patch takes its "
             "best match across all). Omit to use the image itself as its reference.",
+        ),
+    ] = None,
+    ref_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder of references: each input uses the one with its file stem."),
+    ] = None,
+    ref_map: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV of 'input,ref[,ref...]' rows (header optional; paths relative to the CSV)."
         ),
     ] = None,
     weights: Annotated[
@@ -64,11 +83,39 @@ def upscale(
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", help="Output file (default: IMAGE_ttsr.png beside the input)."
+            "--output",
+            "-o",
+            help="Output file for one input; a folder (created) for several or if it has no "
+            "extension. Default: beside each input.",
         ),
+    ] = None,
+    suffix: Annotated[
+        str, typer.Option(help="Added to each input's stem to name its output.")
+    ] = DEFAULT_SUFFIX,
+    output_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="png, jpg, webp, tiff, or same (the input's) for generated names [default: png].",
+            show_default=False,
+        ),
+    ] = None,
+    quality: Annotated[int, typer.Option(help="JPEG/WebP quality, 1-100.")] = 95,
+    skip_existing: Annotated[
+        bool, typer.Option("--skip-existing", help="Leave outputs that already exist.")
+    ] = False,
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-R", help="Descend into sub-folders of folder inputs.")
+    ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="K/N: process only every N-th input from the K-th (sorted order)."),
     ] = None,
     device: Annotated[
         str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
+    ] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")
     ] = "auto",
     max_memory: Annotated[
         str | None,
@@ -77,26 +124,96 @@ def upscale(
             "(default: a quarter of free memory, at most 1GB). Never changes the result.",
         ),
     ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object with every result on stdout.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Print a line for every image written.")
+    ] = False,
     debug: Annotated[
         bool, typer.Option("--debug", help="Show full tracebacks on failure.")
     ] = False,
 ) -> None:
-    """Upscale IMAGE x4 with texture transferred from one or more reference images.
+    """Upscale images x4 with texture transferred from one or more reference images.
 
     Example: [bold]ttsr upscale photo.png --ref sharp.jpg --weights TTSR.pt -o photo_x4.png[/]
+
+    Exit codes: 0 all done, 1 some inputs failed (the others are still written), 2 a usage or
+    configuration problem (nothing is processed).
     """
     with reported_errors(debug):
         start = time.perf_counter()
+        outputs = batch.OutputOptions(output, suffix, output_format, quality, skip_existing)
+        references = batch.ReferenceOptions(tuple(ref or ()), ref_dir, ref_map)
+        sources = batch.select_shard(batch.collect_inputs(images, recursive, suffix), shard)
+        jobs = batch.plan(sources, outputs, references)
         target = select_device(device)
+        dtype = select_precision(precision, target)
         budget = parse_size(max_memory) if max_memory else None
-        upscaler = Upscaler(load_model(weights, target), target, budget)
-        references = [load_reference(upscaler, path) for path in ref or []]
-        destination = output or image.with_name(f"{image.stem}_ttsr.png")
-        width, height = upscale_file(upscaler, image, destination, references)
-        if not quiet:
-            seconds = time.perf_counter() - start
-            stderr.print(f"wrote {destination} ({width}x{height}) in {seconds:.1f} s on {target}")
+        batch.check_references(jobs)
+        upscaler = Upscaler(load_model(weights, target), target, budget, dtype)
+        report = _Report(len(jobs), quiet, verbose, debug, str(target))
+        with report:
+            results = batch.run(upscaler, jobs, outputs, report.add)
+        report.finish(results, time.perf_counter() - start, json_output)
+        if any(r.status == "error" for r in results):
+            raise typer.Exit(1)
+
+
+class _Report:
+    """Progress bar and per-image lines on stderr while a batch runs, summary or JSON after."""
+
+    def __init__(self, total: int, quiet: bool, verbose: bool, debug: bool, device: str) -> None:
+        self.single = total == 1
+        self.quiet, self.verbose, self.debug, self.device = quiet, verbose, debug, device
+        show_bar = not quiet and not self.single and stderr.is_terminal
+        self.progress = Progress(
+            TextColumn("upscaling"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=stderr,
+            disable=not show_bar,
+        )
+        self.task = self.progress.add_task("upscale", total=total)
+
+    def __enter__(self) -> _Report:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.progress.stop()
+
+    def add(self, result: batch.Result) -> None:
+        self.progress.advance(self.task)
+        if result.status == "error":
+            if self.debug and result.traceback:
+                stderr.print(result.traceback, markup=False, highlight=False)
+            error(f"{result.input}: {result.error}")
+        elif self.verbose and not self.quiet:
+            stderr.print(f"{result.status}: {result.input} -> {result.output}", markup=False)
+
+    def finish(self, results: list[batch.Result], seconds: float, as_json: bool) -> None:
+        counts = {s: sum(r.status == s for r in results) for s in ("ok", "error", "skipped")}
+        if as_json:
+            summary = {"results": [r.to_dict() for r in results], "ok": counts["ok"]}
+            summary.update(failed=counts["error"], skipped=counts["skipped"])
+            typer.echo(json.dumps(summary))
+        if self.quiet:
+            return
+        if self.single and results[0].status == "ok" and results[0].size:
+            width, height = results[0].size
+            stderr.print(
+                f"wrote {results[0].output} ({width}x{height}) in {seconds:.1f} s on {self.device}",
+                markup=False,
+            )
+        elif not self.single:
+            stderr.print(
+                f"{counts['ok']} written, {counts['error']} failed, {counts['skipped']} skipped "
+                f"in {seconds:.1f} s on {self.device}",
+                markup=False,
+            )
 
 
 def main() -> None:

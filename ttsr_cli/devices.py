@@ -86,3 +86,24 @@ def parse_size(text: str) -> int:
     if value <= 0:
         raise TTSRError(f"memory size must be positive, got '{text}'")
     return int(value * units[unit])
+
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def select_precision(name: str, device: torch.device) -> torch.dtype:
+    """Compute precision for ``device``.
+
+    ``auto`` is fp16 on CUDA (tensor cores, half the activation memory; every CUDA GPU has
+    fp16) and fp32 elsewhere: CPUs gain little from fp16 and MPS reduced precision varies by
+    macOS version.  bf16 on CUDA needs an Ampere or newer GPU, so it is checked.
+    """
+    name = name.strip().lower()
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in PRECISIONS:
+        raise TTSRError(f"unknown precision '{name}' (use auto, fp32, fp16 or bf16)")
+    dtype = PRECISIONS[name]
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TTSRError(f"precision bf16 requested but {device} does not support it")
+    return dtype

@@ -1,0 +1,352 @@
+"""Many images in one run: which files, where their results go, which references they use.
+
+A batch is a loop over the single-image path (:func:`ttsr_cli.pipeline.upscale_file`), not a
+copy of it.  Everything that can be checked before the network runs is checked first (options,
+output names, references), so configuration mistakes stop the run before any work; after that
+one bad image never stops the others, and each output is written atomically as it completes.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from ttsr_cli.errors import InputError, TTSRError
+from ttsr_cli.imageio import output_format, probe_size
+from ttsr_cli.pipeline import SCALE, ReferenceCache, Upscaler, upscale_file
+
+DEFAULT_SUFFIX = "_ttsr"
+FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input file and its folder relative to the argument that named it (kept under -o)."""
+
+    path: Path
+    subfolder: Path = Path()
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where and how results are written.
+
+    ``target``: ``-o``, a file for one input or a folder (created) for several; None writes
+    beside each input.  ``fmt``: ``png|jpg|webp|tiff|same`` for generated names (None: png).
+    """
+
+    target: Path | None = None
+    suffix: str = DEFAULT_SUFFIX
+    fmt: str | None = None
+    quality: int = 95
+    skip_existing: bool = False
+
+
+@dataclass(frozen=True)
+class ReferenceOptions:
+    """``--ref`` (for every input), ``--ref-dir`` (same stem) and ``--ref-map`` (a CSV).
+
+    For each input the first that names references wins: map row, folder match, ``--ref``;
+    with none, the input is its own reference.
+    """
+
+    refs: tuple[Path, ...] = ()
+    ref_dir: Path | None = None
+    ref_map: Path | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input's plan; ``problem`` is why it cannot run (found while planning)."""
+
+    source: Path
+    destination: Path
+    references: tuple[Path, ...] = ()
+    problem: str | None = None
+
+
+@dataclass
+class Result:
+    """What happened to one input.  ``status``: ok, error or skipped (already existed)."""
+
+    input: Path
+    output: Path | None
+    status: str
+    error: str | None = None
+    seconds: float = 0.0
+    size: tuple[int, int] | None = None
+    traceback: str | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        """The JSON record: ``input, output, status, error, seconds``."""
+        return {
+            "input": str(self.input),
+            "output": None if self.output is None else str(self.output),
+            "status": self.status,
+            "error": self.error,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def image_extensions() -> frozenset[str]:
+    """Extensions of every format Pillow can open (folders are listed by these)."""
+    Image.init()
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def collect_inputs(
+    items: Sequence[Path | str], recursive: bool = False, suffix: str = DEFAULT_SUFFIX
+) -> list[Source]:
+    """Files named on the command line, folders expanded, globs matched; sorted, unique.
+
+    A named file is kept even if missing (it then fails with a reason, like any bad input).
+    A folder gives its image files (``recursive``: and its sub-folders'), except those whose
+    stem ends with ``suffix``: ttsr's own earlier outputs.  A glob selects paths as they are,
+    so a folder it matches is reported as an error rather than entered.
+    """
+    found: dict[str, Source] = {}
+    extensions = image_extensions()
+    for item in items:
+        text = str(item)
+        path = Path(text)
+        if path.is_dir():
+            sources = _folder_images(path, recursive, suffix, extensions)
+        elif _GLOB_CHARS & set(text) and not path.exists():
+            matches = sorted(glob.glob(text, recursive=recursive))
+            if not matches:
+                raise TTSRError(f"{text}: no files match this pattern")
+            sources = [Source(Path(m)) for m in matches]
+        else:
+            sources = [Source(path)]
+        for source in sources:
+            found.setdefault(os.path.abspath(source.path), source)
+    return [found[key] for key in sorted(found)]
+
+
+def _folder_images(
+    folder: Path, recursive: bool, suffix: str, extensions: frozenset[str]
+) -> list[Source]:
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return [
+        Source(path, path.parent.relative_to(folder))
+        for path in candidates
+        if path.suffix.lower() in extensions
+        and not path.is_dir()
+        and not (suffix and path.stem.endswith(suffix))
+    ]
+
+
+def select_shard(sources: list[Source], shard: str | None) -> list[Source]:
+    """``K/N``: every N-th input starting at the K-th (1-based) of the sorted list, so N
+    machines given 1/N..N/N split any batch evenly and deterministically."""
+    if shard is None:
+        return sources
+    try:
+        k, n = (int(part) for part in shard.split("/"))
+    except ValueError:
+        raise TTSRError(f"--shard '{shard}' must be K/N, e.g. 1/4") from None
+    if not 1 <= k <= n:
+        raise TTSRError(f"--shard '{shard}': K must be between 1 and N")
+    return sources[k - 1 :: n]
+
+
+def plan(
+    sources: Sequence[Source], outputs: OutputOptions, references: ReferenceOptions
+) -> list[Job]:
+    """Destination and references for every input; options are checked here (exit 2)."""
+    if not sources:
+        raise TTSRError("no input images found")
+    _check_output_options(outputs, len(sources))
+    to_folder = _writes_to_folder(outputs.target, len(sources))
+    chooser = _reference_chooser(references)
+    inputs = {s.path.resolve() for s in sources}
+    claimed: dict[Path, Path] = {}
+    jobs = []
+    for source in sources:
+        destination = _destination(source, outputs, to_folder)
+        resolved = destination.resolve()
+        problem = None
+        if resolved in inputs:
+            problem = f"refusing to overwrite the input {destination} with an output"
+        elif resolved in claimed:
+            problem = f"output {destination} would also be written for {claimed[resolved]}"
+        claimed.setdefault(resolved, source.path)
+        jobs.append(Job(source.path, destination, chooser(source.path), problem))
+    return jobs
+
+
+def _check_output_options(outputs: OutputOptions, count: int) -> None:
+    if outputs.fmt is not None and outputs.fmt not in (*FORMATS, "same"):
+        raise TTSRError(f"unknown --format '{outputs.fmt}' (use png, jpg, webp, tiff or same)")
+    if not 1 <= outputs.quality <= 100:
+        raise TTSRError(f"--quality must be between 1 and 100, got {outputs.quality}")
+    if "/" in outputs.suffix or os.sep in outputs.suffix:
+        raise TTSRError(f"--suffix '{outputs.suffix}' must not contain a path separator")
+    target = outputs.target
+    if target is None:
+        return
+    if count > 1 and target.is_file():
+        raise TTSRError(f"-o {target}: with several inputs -o must be a folder, not a file")
+    if not _writes_to_folder(target, count):
+        try:
+            output_format(target)
+        except InputError as exc:
+            raise TTSRError(str(exc)) from None
+        if outputs.fmt not in (None, "same") and target.suffix.lower() != FORMATS[outputs.fmt]:
+            raise TTSRError(f"-o {target} does not match --format {outputs.fmt}")
+
+
+def _writes_to_folder(target: Path | None, count: int) -> bool:
+    """-o names a folder when there are several inputs, it is one, or it has no extension."""
+    return target is not None and (count > 1 or target.is_dir() or not target.suffix)
+
+
+def _destination(source: Source, outputs: OutputOptions, to_folder: bool) -> Path:
+    if outputs.target is not None and not to_folder:
+        return outputs.target
+    path = source.path
+    name = f"{path.stem}{outputs.suffix}{_extension(path, outputs.fmt)}"
+    if outputs.target is None:
+        return path.with_name(name)
+    return outputs.target / source.subfolder / name
+
+
+def _extension(path: Path, fmt: str | None) -> str:
+    """``same`` keeps the input's extension when ttsr can write it, else falls back to PNG."""
+    if fmt == "same":
+        try:
+            output_format(path)
+            return path.suffix
+        except InputError:
+            return FORMATS["png"]
+    return FORMATS[fmt or "png"]
+
+
+def _reference_chooser(options: ReferenceOptions) -> Callable[[Path], tuple[Path, ...]]:
+    """A function giving each input its references (resolved paths) by the documented order."""
+    rows = read_ref_map(options.ref_map) if options.ref_map else {}
+    by_stem = _index_by_stem(options.ref_dir) if options.ref_dir else {}
+    common = tuple(path.resolve() for path in options.refs)
+
+    def choose(source: Path) -> tuple[Path, ...]:
+        if source.resolve() in rows:
+            return rows[source.resolve()]
+        if options.ref_dir is not None:
+            matches = by_stem.get(source.stem, [])
+            if len(matches) == 1:
+                return (matches[0].resolve(),)
+            if len(matches) > 1:
+                names = ", ".join(m.name for m in matches)
+                raise TTSRError(
+                    f"--ref-dir {options.ref_dir}: several references for {source}: {names}"
+                )
+            if not common:
+                raise TTSRError(
+                    f"--ref-dir {options.ref_dir}: no reference named {source.stem}.* for {source}"
+                )
+        return common
+
+    return choose
+
+
+def _index_by_stem(folder: Path) -> dict[str, list[Path]]:
+    if not folder.is_dir():
+        raise TTSRError(f"--ref-dir {folder}: not a folder")
+    extensions = image_extensions()
+    index: dict[str, list[Path]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in extensions and not path.is_dir():
+            index.setdefault(path.stem, []).append(path)
+    return index
+
+
+def read_ref_map(path: Path) -> dict[Path, tuple[Path, ...]]:
+    """``input,ref[,ref...]`` rows (header optional) -> references by resolved input path.
+
+    Relative paths are relative to the CSV's folder, so a map moves with its images.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [[cell.strip() for cell in row] for row in csv.reader(fh)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise TTSRError(f"--ref-map {path}: cannot read it ({exc})") from None
+    rows = [[cell for cell in row if cell] for row in rows]
+    rows = [row for row in rows if row]
+    if rows and rows[0][0].lower() == "input":
+        rows = rows[1:]
+    base = path.parent
+    table: dict[Path, tuple[Path, ...]] = {}
+    for number, row in enumerate(rows, start=1):
+        if len(row) < 2:
+            raise TTSRError(f"--ref-map {path}: row {number} names no reference: {','.join(row)}")
+        table[(base / row[0]).resolve()] = tuple((base / ref).resolve() for ref in row[1:])
+    return table
+
+
+def check_references(jobs: Sequence[Job]) -> None:
+    """Every reference that will be used exists, is an image and is large enough.
+
+    Only headers are read.  A problem here is a configuration error (exit 2) found before any
+    input is processed; a reference whose pixels later fail to decode fails only the inputs
+    that use it.
+    """
+    for ref in sorted({r for job in jobs if job.problem is None for r in job.references}):
+        try:
+            width, height = probe_size(ref)
+        except InputError as exc:
+            raise TTSRError(f"reference {exc}") from None
+        if width < SCALE or height < SCALE:
+            raise TTSRError(
+                f"reference {ref}: is {width}x{height}; it must be at least {SCALE}x{SCALE}"
+            )
+
+
+def run(
+    upscaler: Upscaler,
+    jobs: Sequence[Job],
+    outputs: OutputOptions,
+    on_result: Callable[[Result], None] | None = None,
+) -> list[Result]:
+    """Upscale every job in order; each outcome is reported as soon as it is known."""
+    runnable = [job for job in jobs if job.problem is None]
+    cache = ReferenceCache(upscaler, [ref for job in runnable for ref in job.references])
+    results = []
+    for job in jobs:
+        result = _run_one(upscaler, cache, job, outputs)
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
+def _run_one(upscaler: Upscaler, cache: ReferenceCache, job: Job, outputs: OutputOptions) -> Result:
+    start = time.perf_counter()
+    if job.problem is not None:
+        return Result(job.source, None, "error", job.problem)
+    if outputs.skip_existing and job.destination.exists():
+        return Result(job.source, job.destination, "skipped")
+    try:
+        with cache.borrow(job.references) as references:
+            size = upscale_file(upscaler, job.source, job.destination, references, outputs.quality)
+    except Exception as exc:  # one image's failure, expected or not, must not end the batch
+        if isinstance(exc, InputError):
+            reason = str(exc).removeprefix(f"{job.source}: ")
+        else:
+            reason = f"{type(exc).__name__}: {_first_line(exc)}"
+        seconds = time.perf_counter() - start
+        return Result(job.source, None, "error", reason, seconds, traceback=traceback.format_exc())
+    return Result(job.source, job.destination, "ok", None, time.perf_counter() - start, size)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else "no message"
