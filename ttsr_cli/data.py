@@ -8,7 +8,6 @@ or crop shifts PSNR by tenths of a dB and makes numbers incomparable with publis
 
 from __future__ import annotations
 
-import glob
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -175,24 +174,36 @@ SUN_HAYS_REFS = "Sun_Hays_SR_scenematches"
 def _sun80_samples(root: Path, level: int | None) -> list[Sample]:
     """Sun80 with whatever references it has.  Layouts, first match wins:
     ``Sun_Hays_SR_groundtruth/X.jpg`` + ``Sun_Hays_SR_scenematches/X/*``; ``X.jpg`` +
-    ``refs/X/*``; ``X.jpg`` + ``X_ref*.jpg`` beside it.  No references: self-reference."""
+    ``refs/X/*``; ``X.jpg`` + ``X_ref.jpg``, ``X_ref1.jpg``, ... beside it.  An image with
+    no references is its own reference."""
     if (root / SUN_HAYS_INPUTS).is_dir():
         inputs = image_files(root / SUN_HAYS_INPUTS)
-        ref_dirs = {p: root / SUN_HAYS_REFS / p.stem for p in inputs}
-    else:
-        files = image_files(root)
-        inputs = [p for p in files if "_ref" not in p.stem]
-        ref_dirs = {p: root / "refs" / p.stem for p in inputs}
-    samples = []
-    for path in inputs:
-        folder = ref_dirs[path]
-        refs = (
-            image_files(folder)
-            if folder.is_dir()
-            else sorted(path.parent.glob(f"{glob.escape(path.stem)}_ref*"))
-        )
-        samples.append(_with_level(Sample(path.name, path, tuple(refs)), level))
-    return samples
+        return [_sun80_sample(p, root / SUN_HAYS_REFS / p.stem, [], level) for p in inputs]
+    files = image_files(root)
+    beside = _references_beside(files)
+    taken = {ref for refs in beside.values() for ref in refs}
+    inputs = [p for p in files if p not in taken]
+    return [_sun80_sample(p, root / "refs" / p.stem, beside.get(p.stem, []), level) for p in inputs]
+
+
+_REF_NAME = re.compile(r"^(?P<owner>.+)_ref\d*$")
+
+
+def _references_beside(files: list[Path]) -> dict[str, list[Path]]:
+    """``X_ref*`` files grouped by ``X``, only where ``X`` is itself an image in the folder
+    (so that a scene called ``oil_refinery`` stays an input)."""
+    stems = {p.stem for p in files}
+    grouped: dict[str, list[Path]] = {}
+    for path in files:
+        match = _REF_NAME.match(path.stem)
+        if match and match["owner"] in stems:
+            grouped.setdefault(match["owner"], []).append(path)
+    return grouped
+
+
+def _sun80_sample(path: Path, folder: Path, beside: list[Path], level: int | None) -> Sample:
+    refs = image_files(folder) if folder.is_dir() else beside
+    return _with_level(Sample(path.name, path, tuple(refs)), level)
 
 
 def _with_level(sample: Sample, level: int | None) -> Sample:
