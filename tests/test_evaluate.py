@@ -4,8 +4,13 @@ bicubic baselines measured on the real benchmark images."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -185,3 +190,85 @@ def test_hub_download_failure_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "ttsr-cli/benchmark-set5" in lines[0] and "--data-dir" in lines[0]
+
+
+class FakeHub(BaseHTTPRequestHandler):
+    """The three Hub endpoints ``snapshot_download`` uses, serving ``files`` of dataset
+    ``repo`` at one commit; anything else is 404."""
+
+    repo: ClassVar[str] = ""
+    files: ClassVar[dict[str, bytes]] = {}
+    commit = "c" * 40
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        if f"/datasets/{self.repo}/" not in path:
+            self.send_error(404)
+        elif path.startswith("/api/datasets/") and "/tree/" in path:
+            listing = [
+                {"type": "file", "path": n, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
+                for n, d in self.files.items()
+            ]
+            self._send(json.dumps(listing).encode(), "application/json")
+        elif path.startswith("/api/datasets/") and "/revision/" in path:
+            siblings = [{"rfilename": name} for name in self.files]
+            body = {"id": "x", "sha": self.commit, "siblings": siblings}
+            self._send(json.dumps(body).encode(), "application/json")
+        elif "/resolve/" in path and path.rsplit("/", 1)[-1] in self.files:
+            data = self.files[path.rsplit("/", 1)[-1]]
+            etag = f'"{hashlib.sha1(data).hexdigest()}"'
+            self._send(data, "image/png", {"ETag": etag, "X-Repo-Commit": self.commit})
+        else:
+            self.send_error(404)
+
+    do_HEAD = do_GET
+
+    def _send(self, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command == "GET":
+            self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[type[FakeHub]]:
+    """A loopback Hub for the CLI subprocess (``HF_ENDPOINT``), with an empty HF cache."""
+    FakeHub.repo, FakeHub.files = "", {}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    try:
+        yield FakeHub
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_dataset_is_downloaded_from_the_hub_without_data_dir(
+    fake_hub: type[FakeHub], tmp_path: Path
+) -> None:
+    png = tmp_path / "x.png"
+    fake_hub.repo = "ttsr-cli/benchmark-set14"
+    fake_hub.files = {"x.png": save_png(png, sample_image("coffee", (40, 32))).read_bytes()}
+    report = evaluate_json("--dataset", "set14")
+    assert report["images"] == 1 and report["per_image"][0]["name"] == "x.png"
+    cached = list((tmp_path / "hf").rglob("x.png"))
+    assert cached and "datasets--ttsr-cli--benchmark-set14" in str(cached[0])
+
+
+def test_missing_hub_repository_is_one_line(fake_hub: type[FakeHub]) -> None:
+    fake_hub.repo, fake_hub.files = "someone/else", {}
+    result = run_cli("evaluate", "--dataset", "bsd100")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "ttsr-cli/benchmark-bsd100" in lines[0], result.stderr

@@ -94,12 +94,12 @@ def dataset_root(info: DatasetInfo, data_dir: Path | None) -> Path:
 def download(info: DatasetInfo) -> Path:
     """Fetch (or reuse from the HF cache) the dataset's Hub repository; one-line failure."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError
 
     try:
         return Path(snapshot_download(repo_id=info.hub_repo, repo_type="dataset"))
-    except (HfHubHTTPError, OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # offline, missing repository, or a malformed answer: all the same
+        lines = str(exc).strip().splitlines()
+        reason = lines[0][:200] if lines else type(exc).__name__
         raise TTSRError(
             f"dataset {info.name}: cannot get {info.hub_repo} from the Hugging Face Hub "
             f"({reason}); download it yourself and pass --data-dir"
