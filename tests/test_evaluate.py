@@ -132,12 +132,15 @@ def test_table_on_stdout(folder: Path, tiny_weights: Path) -> None:
         assert text in result.stdout
 
 
-def test_unreadable_image_is_reported_and_skipped(folder: Path) -> None:
+def test_unreadable_or_tiny_images_are_reported_and_skipped(folder: Path) -> None:
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    save_png(folder / "tiny.png", sample_image("coffee", (9, 9)))
     result = run_cli("evaluate", "-d", "photos", "--data-dir", folder, "--json")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "broken.png" in lines[0]
+    assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)
+    assert "broken.png" in lines[0] and "not an image" in lines[0]
+    assert "tiny.png" in lines[1] and "11x11" in lines[1]
     assert "Traceback" not in result.stderr
     assert json.loads(result.stdout)["images"] == 2
 

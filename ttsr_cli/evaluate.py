@@ -6,10 +6,11 @@ set-up (its numbers are known for every benchmark) and shows what the model adds
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -138,8 +139,10 @@ def run(
 
 def evaluate_sample(sample: Sample, benchmark: Benchmark, save_dir: Path | None) -> ImageResult:
     """Score the baseline and (if any) the model on one ground-truth image."""
-    hr, lr, baseline = degrade(read_rgb(sample.hr))
-    base = score(baseline, hr, benchmark.protocol)
+    image = read_rgb(sample.hr)
+    with _naming(sample.hr):
+        hr, lr, baseline = degrade(image)
+        base = score(baseline, hr, benchmark.protocol)
     psnr = ssim = None
     sr = None
     if benchmark.upscaler is not None:
@@ -156,8 +159,21 @@ def super_resolve(upscaler: Upscaler, sample: Sample, lr: np.ndarray) -> np.ndar
     (none: the LR is its own reference, the TTSR authors' protocol for Urban100)."""
     if sample.problem:
         raise InputError(f"{sample.hr}: {sample.problem}")
-    references = [upscaler.encode_reference(read_rgb(path)) for path in sample.references]
+    references = []
+    for path in sample.references:
+        image = read_rgb(path)
+        with _naming(path):
+            references.append(upscaler.encode_reference(image))
     return upscaler.upscale(lr, references)
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Prefix ``path`` to input errors raised by code that only sees pixels (too small)."""
+    try:
+        yield
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
 def save_outputs(
