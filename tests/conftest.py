@@ -72,3 +72,12 @@ def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedP
         cwd=cwd,
         timeout=300,
     )
+
+
+def make_cufed5(root: Path, ids: tuple[str, ...] = ("000", "001"), levels: int = 5) -> Path:
+    """A CUFED5-layout tree: ``NNN_0.png`` inputs and ``NNN_1..levels.png`` references."""
+    root.mkdir(parents=True, exist_ok=True)
+    for key in ids:
+        for level in range(levels + 1):
+            save_png(root / f"{key}_{level}.png", sample_image("astronaut", (20 + level, 16)))
+    return root
