@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import run_cli, sample_image, save_png
+from conftest import make_cufed5, run_cli, sample_image, save_png
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.nn.vgg import VGG19Relu5
 from ttsr_cli.pairs import PairDataset
@@ -300,3 +300,40 @@ def test_configuration_files(tmp_path: Path) -> None:
     path.write_text("[model]\nn_feats = 'wide'\n")
     with pytest.raises(TTSRError):
         load_config(str(path))
+
+
+def test_validation_lines_report_psnr_beside_bicubic(photos: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = run_cli(
+        "train",
+        "--data",
+        photos,
+        "--out",
+        run,
+        "--steps",
+        "3",
+        "--val",
+        photos,
+        "--val-every",
+        "2",
+        "--val-limit",
+        "2",
+        *TRAIN_ARGS,
+    )
+    assert result.returncode == 0, result.stderr
+    vals = [r for r in read_log(run) if r.get("event") == "val"]
+    assert [v["step"] for v in vals] == [2, 3]
+    for v in vals:
+        assert 10 < v["val_psnr"] < 60 and 0 < v["val_ssim"] <= 1
+        assert v["val_bicubic_psnr"] > 20
+
+
+def test_cufed5_test_tree_is_recognised_for_validation(tmp_path: Path) -> None:
+    from ttsr_cli.data import folder_info, list_samples
+
+    make_cufed5(tmp_path)
+    info = folder_info(tmp_path)
+    assert info.references == "cufed5"
+    samples = list_samples(info, tmp_path)
+    assert [s.references[0].name for s in samples] == ["000_1.png", "001_1.png"]
+    assert folder_info(tmp_path.parent).references == "self"

@@ -264,6 +264,14 @@ def train(
         bool, typer.Option("--channels-last", help="NHWC memory layout.")
     ] = False,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    val: Annotated[
+        Path | None,
+        typer.Option(help="Validation folder: a CUFED5 test tree or HR images (self-reference)."),
+    ] = None,
+    val_every: Annotated[int, typer.Option(help="Validate every N steps (and at the end).")] = 1000,
+    val_limit: Annotated[
+        int | None, typer.Option(help="Validate on the first N images only.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     debug: Annotated[
         bool, typer.Option("--debug", help="Show full tracebacks on failure.")
@@ -298,6 +306,9 @@ def train(
             lr_decay_steps=lr_decay_steps,
             channels_last=channels_last,
             compile=compile,
+            val=val,
+            val_every=val_every,
+            val_limit=val_limit,
         )
 
         with training_progress(quiet) as report:

@@ -81,6 +81,15 @@ def dataset_info(name: str, data_dir: Path | None) -> DatasetInfo:
     return DatasetInfo(name, "", "self")
 
 
+def folder_info(root: Path) -> DatasetInfo:
+    """A local folder as a dataset: the CUFED5 test layout (``NNN_0.png`` inputs beside
+    ``NNN_1.png`` references) when it has one, else a folder of HR images (self-reference)."""
+    inputs = list(root.glob("*_0.png"))
+    if any(p.with_name(p.name[: -len("_0.png")] + "_1.png").exists() for p in inputs):
+        return DatasetInfo(root.name, "", "cufed5")
+    return DatasetInfo(root.name, "", "self")
+
+
 def dataset_root(info: DatasetInfo, data_dir: Path | None) -> Path:
     """``data_dir`` when given, else the dataset's snapshot in the Hugging Face cache
     (downloaded on first use)."""

@@ -85,6 +85,9 @@ class TrainOptions:
     lr_gamma: float = 0.5
     channels_last: bool = False
     compile: bool = False
+    val: Path | None = None
+    val_every: int = 1000
+    val_limit: int | None = None
 
 
 def load_config(name: str) -> TTSRConfig:
@@ -295,6 +298,16 @@ class Trainer:
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.step = int(state["step"])
 
+    def validate(self, samples: list) -> dict[str, float | None]:
+        """PSNR/SSIM (TTSR protocol) of the current weights and of bicubic on ``samples``."""
+        from ttsr_cli.evaluate import Benchmark, run
+        from ttsr_cli.pipeline import Upscaler
+
+        report = run(Benchmark("val", "ttsr", samples, Upscaler(self.model, self.device)))
+        return {
+            f"val_{m}": report.mean(m) for m in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
+        }
+
     def learning_rates(self) -> dict[str, float]:
         groups = self.optimizer.param_groups
         return {"lr": groups[0]["lr"], "lr_lte": groups[1]["lr"]}
@@ -398,6 +411,7 @@ def train(
     if resume_from:
         opts.config = checkpoint_config(resume_from[0])
     dataset = PairDataset(opts.data, opts.patch_size, opts.seed)
+    val_samples = _validation_samples(opts) if dist_info.main else []
     trainer = Trainer(opts, dist_info, device, dataset)
     if resume_from:
         trainer.load_checkpoint(resume_from[0])
@@ -425,6 +439,8 @@ def train(
                     "samples_per_s": opts.batch_size * dist_info.world / seconds,
                 }
                 log.write(record)
+            if val_samples and (step % opts.val_every == 0 or step == total):
+                log.write({"event": "val", "step": step, **trainer.validate(val_samples)})
             if dist_info.main and on_step:
                 on_step(step, total, record)
             tick = time.perf_counter()
@@ -447,6 +463,17 @@ def train(
         dist.barrier()
         dist.destroy_process_group()
     return TrainResult(steps=trainer.step, model_path=model_path, last=last)
+
+
+def _validation_samples(opts: TrainOptions) -> list:
+    """The ``--val`` folder's images: a CUFED5 test tree (level-1 references) or HR images."""
+    if opts.val is None:
+        return []
+    from ttsr_cli.data import folder_info, list_samples
+
+    if not opts.val.is_dir():
+        raise TTSRError(f"{opts.val}: validation folder not found")
+    return list_samples(folder_info(opts.val), opts.val)[: opts.val_limit]
 
 
 def _device_for(name: str, dist_info: Distributed) -> torch.device:
