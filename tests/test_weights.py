@@ -123,3 +123,19 @@ def test_a_file_that_is_not_a_ttsr_checkpoint(tmp_path: Path) -> None:
         load_model(tmp_path / "other.pt")
     with pytest.raises(TTSRError, match="not found"):
         load_model(tmp_path / "absent.pt")
+
+
+def test_global_skip_travels_in_the_metadata_and_changes_the_output(tmp_path: Path) -> None:
+    skip = TTSRConfig(**{**TINY.to_dict(), "global_skip": True})
+    torch.manual_seed(0)
+    model = TTSR(skip).eval()
+    save_safetensors(model, tmp_path / "skip.safetensors")
+    loaded = load_model(tmp_path / "skip.safetensors")
+    assert loaded.config.global_skip
+    plain = TTSR(TINY).eval()
+    plain.load_state_dict(model.state_dict())
+    lr, lrsr = torch.rand(1, 3, 6, 6) * 2 - 1, torch.rand(1, 3, 24, 24) * 2 - 1
+    with torch.inference_mode():
+        with_skip = loaded(lr, lrsr, lrsr, lrsr).sr
+        without = plain(lr, lrsr, lrsr, lrsr).sr
+    torch.testing.assert_close(with_skip, (without + lrsr).clamp(-1, 1))

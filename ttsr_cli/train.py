@@ -44,7 +44,10 @@ from ttsr_cli.weights import save_safetensors
 
 CONFIGS = {
     "tiny": TTSRConfig(n_feats=16, num_res_blocks=(1, 1, 1, 1), lte_widths=(16, 32, 64)),
-    "lite": TTSRConfig(n_feats=32, num_res_blocks=(4, 4, 2, 1), lte_widths=(16, 32, 64)),
+    # CPU-trainable: narrow, few blocks, and a global bicubic skip (see TTSRConfig).
+    "lite": TTSRConfig(
+        n_feats=32, num_res_blocks=(4, 4, 2, 1), lte_widths=(16, 32, 64), global_skip=True
+    ),
     "paper": TTSRConfig(),
 }
 #: Loss weights after the warm-up: reconstruction, perceptual, transferal, adversarial.

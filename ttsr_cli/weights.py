@@ -8,7 +8,8 @@ Two formats are read:
 * our own ``.safetensors``, whose metadata carries the configuration.
 
 The configuration is inferred from tensor shapes (as spandrel does), so no flags are needed;
-metadata only adds what shapes cannot tell (``res_scale``).  Loading is strict.
+metadata only adds what shapes cannot tell (``res_scale``, ``global_skip``).  Loading is
+strict.
 """
 
 from __future__ import annotations
@@ -94,8 +95,11 @@ def normalize_keys(tensors: Mapping[str, torch.Tensor]) -> StateDict:
     return out
 
 
-def infer_config(state: Mapping[str, torch.Tensor], res_scale: float = 1.0) -> TTSRConfig:
-    """Architecture from tensor shapes: feature width, blocks per stage and LTE widths."""
+def infer_config(
+    state: Mapping[str, torch.Tensor], res_scale: float = 1.0, global_skip: bool = False
+) -> TTSRConfig:
+    """Architecture from tensor shapes: feature width, blocks per stage and LTE widths; the
+    rest (which shapes cannot show) as given."""
     try:
         n_feats = state["MainNet.SFE.conv_head.weight"].shape[0]
         widths = (
@@ -107,7 +111,7 @@ def infer_config(state: Mapping[str, torch.Tensor], res_scale: float = 1.0) -> T
         raise TTSRError(f"not a TTSR checkpoint: no {exc.args[0]}") from None
     blocks = tuple(_count_blocks(state, stage) for stage in _STAGES)
     try:
-        return TTSRConfig(n_feats, blocks, res_scale, widths)
+        return TTSRConfig(n_feats, blocks, res_scale, widths, global_skip)
     except ValueError as exc:
         raise TTSRError(f"unsupported TTSR configuration: {exc}") from None
 
@@ -130,7 +134,11 @@ def config_from_metadata(metadata: Mapping[str, str]) -> dict:
 def build_model(state: StateDict, metadata: Mapping[str, str] | None = None) -> TTSR:
     """A TTSR model with ``state`` loaded strictly; configuration inferred from shapes."""
     declared = config_from_metadata(metadata or {})
-    config = infer_config(state, res_scale=float(declared.get("res_scale", 1.0)))
+    config = infer_config(
+        state,
+        res_scale=float(declared.get("res_scale", 1.0)),
+        global_skip=bool(declared.get("global_skip", False)),
+    )
     if declared:
         try:
             stated = TTSRConfig.from_dict(declared)
