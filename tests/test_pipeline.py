@@ -53,7 +53,7 @@ def test_self_reference_equals_the_upsampled_input_as_reference(tiny_model) -> N
 
 
 def test_encoded_reference_is_reusable_across_images(tiny_model) -> None:
-    upscaler = Upscaler(tiny_model, torch.device("cpu"), search_budget=8192)
+    upscaler = Upscaler(tiny_model, torch.device("cpu"), search_budget=1 << 16)
     ref = upscaler.encode_reference(sample_image("coffee", (64, 48)))
     first = upscaler.upscale(sample_image("astronaut", (16, 12)), [ref])
     upscaler.upscale(sample_image("chelsea", (20, 10)), [ref])
