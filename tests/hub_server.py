@@ -55,18 +55,21 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.send_header("X-Repo-Commit", COMMIT)
             self.end_headers()
 
-        def _missing(self) -> None:
-            self.send_response(404)
-            self.send_header("X-Error-Code", "EntryNotFound")
-            self.send_header("X-Error-Message", "Entry not found")
+        def _missing(self, key: tuple[str, str] | None) -> None:
+            """A missing file of a known repository is a 404; an unknown repository answers
+            as the Hub does (401, so as not to reveal private repositories)."""
+            known = key is not None and any(repo == key[0] for repo, _ in hub.files)
+            self.send_response(404 if known else 401)
+            self.send_header("X-Error-Code", "EntryNotFound" if known else "RepoNotFound")
+            self.send_header("X-Error-Message", "Entry not found" if known else "Repo not found")
             self.send_header("Content-Length", "0")
             self.end_headers()
 
         def do_HEAD(self) -> None:
             hub.requests.append(f"HEAD {self.path}")
-            _key, body = self._lookup()
+            key, body = self._lookup()
             if body is None:
-                self._missing()
+                self._missing(key)
                 return
             self._headers(body)
 
@@ -74,7 +77,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             hub.requests.append(f"GET {self.path}")
             key, body = self._lookup()
             if body is None:
-                self._missing()
+                self._missing(key)
                 return
             ranged = self.headers.get("Range", "")
             start = int(ranged.removeprefix("bytes=").split("-")[0]) if ranged else 0
