@@ -20,10 +20,12 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 @dataclass
 class FakeHub:
     """Files by ``(repo_id, filename)``.  A key in ``truncate`` has its next GET cut off
-    half-way (the connection drops), as a flaky network would; Range requests resume."""
+    half-way (the connection drops), as a flaky network would; Range requests resume.  A key
+    in ``truncate_always`` has every GET cut off, as a broken network would."""
 
     files: dict[tuple[str, str], bytes] = field(default_factory=dict)
     truncate: set[tuple[str, str]] = field(default_factory=set)
+    truncate_always: set[tuple[str, str]] = field(default_factory=set)
     requests: list[str] = field(default_factory=list)
     url: str = ""
 
@@ -82,7 +84,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             ranged = self.headers.get("Range", "")
             start = int(ranged.removeprefix("bytes=").split("-")[0]) if ranged else 0
             self._headers(body, start)
-            if key in hub.truncate:
+            if key in hub.truncate or key in hub.truncate_always:
                 hub.truncate.discard(key)
                 self.wfile.write(body[start : start + (len(body) - start) // 2])
                 self.wfile.flush()

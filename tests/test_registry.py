@@ -150,6 +150,19 @@ def test_a_body_cut_off_once_resumes_and_passes_the_checksum(
     assert cached.read_bytes() == tiny_bytes
 
 
+def test_a_body_cut_off_every_time_fails_with_one_line(
+    env: dict[str, str], tiny_bytes: bytes, image: Path
+) -> None:
+    with fake_hub() as hub:
+        hub.files[(REPO, FILE)] = tiny_bytes
+        hub.truncate_always.add((REPO, FILE))
+        result = ttsr("upscale", image, "-m", "tiny", env={**env, "HF_ENDPOINT": hub.url})
+    # Before giving up the Hub client logs its resume attempts; then ttsr's one error line.
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "download failed" in last, last
+
+
 def test_a_wrong_body_fails_the_checksum_and_is_not_kept(
     env: dict[str, str], tiny_bytes: bytes, image: Path, tmp_path: Path
 ) -> None:

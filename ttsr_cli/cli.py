@@ -78,7 +78,7 @@ def upscale(
             "--weights",
             "-w",
             help="Checkpoint: an original TTSR .pt (TTSR.pt, TTSR-rec.pt) or a ttsr "
-            ".safetensors, a local file or hf://OWNER/REPO/FILE[@REVISION]. The architecture "
+            ".safetensors, a local file or hf://OWNER/REPO/FILE\\[@REVISION]. The architecture "
             "is read from the file.",
         ),
     ] = None,

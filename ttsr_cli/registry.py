@@ -195,7 +195,6 @@ def _download(hub: HubFile) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
-        HfHubHTTPError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -211,7 +210,7 @@ def _download(hub: HubFile) -> Path:
         ) from None
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
         raise TTSRError(f"{url}: not found on the Hugging Face Hub") from None
-    except (HfHubHTTPError, OSError, ValueError) as exc:
+    except Exception as exc:  # HTTP errors, whose library (requests, httpx) varies by version
         raise TTSRError(f"{url}: download failed ({_first_line(exc)})") from None
 
 
