@@ -107,7 +107,7 @@ def load_registry(path: Path | None = None) -> Registry:
     for name, table in data.get("models", {}).items():
         try:
             models[name] = _parse_model(name, table)
-        except (TypeError, ValueError, KeyError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise TTSRError(f"{path}: model '{name}': {exc}") from None
     default = data.get("default", "")
     if default in models and models[default].file is None:
