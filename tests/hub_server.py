@@ -20,10 +20,12 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 @dataclass
 class FakeHub:
     """Files by ``(repo_id, filename)``.  A key in ``truncate`` has its next GET cut off
-    half-way (the connection drops), as a flaky network would; Range requests resume."""
+    half-way (the connection drops), as a flaky network would; Range requests resume.  A key
+    in ``truncate_always`` has every GET cut off, as a broken network would."""
 
     files: dict[tuple[str, str], bytes] = field(default_factory=dict)
     truncate: set[tuple[str, str]] = field(default_factory=set)
+    truncate_always: set[tuple[str, str]] = field(default_factory=set)
     requests: list[str] = field(default_factory=list)
     url: str = ""
 
@@ -55,18 +57,21 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.send_header("X-Repo-Commit", COMMIT)
             self.end_headers()
 
-        def _missing(self) -> None:
-            self.send_response(404)
-            self.send_header("X-Error-Code", "EntryNotFound")
-            self.send_header("X-Error-Message", "Entry not found")
+        def _missing(self, key: tuple[str, str] | None) -> None:
+            """A missing file of a known repository is a 404; an unknown repository answers
+            as the Hub does (401, so as not to reveal private repositories)."""
+            known = key is not None and any(repo == key[0] for repo, _ in hub.files)
+            self.send_response(404 if known else 401)
+            self.send_header("X-Error-Code", "EntryNotFound" if known else "RepoNotFound")
+            self.send_header("X-Error-Message", "Entry not found" if known else "Repo not found")
             self.send_header("Content-Length", "0")
             self.end_headers()
 
         def do_HEAD(self) -> None:
             hub.requests.append(f"HEAD {self.path}")
-            _key, body = self._lookup()
+            key, body = self._lookup()
             if body is None:
-                self._missing()
+                self._missing(key)
                 return
             self._headers(body)
 
@@ -74,12 +79,12 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             hub.requests.append(f"GET {self.path}")
             key, body = self._lookup()
             if body is None:
-                self._missing()
+                self._missing(key)
                 return
             ranged = self.headers.get("Range", "")
             start = int(ranged.removeprefix("bytes=").split("-")[0]) if ranged else 0
             self._headers(body, start)
-            if key in hub.truncate:
+            if key in hub.truncate or key in hub.truncate_always:
                 hub.truncate.discard(key)
                 self.wfile.write(body[start : start + (len(body) - start) // 2])
                 self.wfile.flush()

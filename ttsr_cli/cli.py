@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ttsr_cli import __version__, batch
+from ttsr_cli import __version__, batch, registry
 from ttsr_cli.batch import DEFAULT_SUFFIX
 from ttsr_cli.console import error, reported_errors, stderr, training_progress
 from ttsr_cli.devices import parse_size, select_device, select_precision
@@ -73,14 +73,19 @@ def upscale(
         ),
     ] = None,
     weights: Annotated[
-        Path,
+        str | None,
         typer.Option(
             "--weights",
             "-w",
             help="Checkpoint: an original TTSR .pt (TTSR.pt, TTSR-rec.pt) or a ttsr "
-            ".safetensors. The architecture is read from the file.",
+            ".safetensors, a local file or hf://OWNER/REPO/FILE\\[@REVISION]. The architecture "
+            "is read from the file.",
         ),
-    ] = ...,  # type: ignore[assignment]
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="A named model instead of --weights (see ttsr models)."),
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -153,7 +158,9 @@ def upscale(
         dtype = select_precision(precision, target)
         budget = parse_size(max_memory) if max_memory else None
         batch.check_references(jobs)
-        upscaler = Upscaler(load_model(weights, target), target, budget, dtype)
+        upscaler = Upscaler(
+            load_model(registry.resolve(model, weights), target), target, budget, dtype
+        )
         report = _Report(len(jobs), quiet, verbose, debug, str(target))
         with report:
             results = batch.run(upscaler, jobs, outputs, report.add)
@@ -215,6 +222,32 @@ class _Report:
                 f"in {seconds:.1f} s on {self.device}",
                 markup=False,
             )
+
+
+@app.command()
+def models(
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")
+    ] = False,
+) -> None:
+    """List the named models for --model: source, whether it is here, description."""
+    with reported_errors():
+        listing = registry.describe(registry.load_registry())
+    if json_output:
+        typer.echo(json.dumps(listing))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    names = [row["name"] for row in listing["models"]]
+    default = listing["default"] if listing["default"] in names else "none bundled yet"
+    table = Table(title=f"models (default: {default})")
+    for column in ("name", "source", "status"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("description")
+    for row in listing["models"]:
+        table.add_row(row["name"], row["source"], row["status"], row["description"])
+    Console(highlight=False).print(table)
 
 
 @app.command()

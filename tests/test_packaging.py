@@ -1,0 +1,50 @@
+"""A wheel built from the checkout carries the model registry, cards and bundled weights.
+
+The wheel goes into a fresh virtual environment with no dependencies at all, and is imported
+from a temporary folder with no path to the checkout: what it lists can only come from the
+installed package data.  Listing the registry imports neither torch nor huggingface_hub
+(:mod:`ttsr_cli.registry` defers them), which is why no dependency is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import ROOT
+
+LIST = (
+    "import json, sys; from ttsr_cli.registry import load_registry, registry_path; "
+    "r = load_registry(); "
+    "print(json.dumps({'path': str(registry_path()), 'default': r.default, "
+    "'models': sorted(r.models), "
+    "'cards': [(r.root / m.card).is_file() for m in r.models.values()], "
+    "'heavy': [m for m in ('torch', 'huggingface_hub') if m in sys.modules]}))"
+)
+
+
+def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TTSR_REGISTRY")}
+    result = subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_the_wheel_carries_the_registry(tmp_path: Path) -> None:
+    pip = (sys.executable, "-m", "pip")
+    run(*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", ROOT, "-w", tmp_path / "dist")
+    (wheel,) = (tmp_path / "dist").glob("ttsr-*.whl")
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", "--without-pip", venv)
+    python = venv / "bin" / "python"
+    run(*pip, "--python", python, "install", "-q", "--no-deps", "--no-index", wheel)
+    listing = json.loads(run(python, "-c", LIST, cwd=tmp_path).stdout)
+    assert Path(listing["path"]).is_relative_to(venv)
+    assert listing["models"] == ["ttsr-gan", "ttsr-rec"]
+    assert listing["default"] == "ttsr"
+    assert all(listing["cards"]) and listing["heavy"] == []

@@ -1,0 +1,280 @@
+"""Named models and hf:// weights: the packaged registry, downloads through a loopback Hub
+(success, 404, cut-off and wrong bodies, offline warm and cold), and the CLI's one-line errors.
+
+CLI calls run in subprocesses so that the Hub client reads ``HF_ENDPOINT``/``HF_HOME``/
+``HF_HUB_OFFLINE`` as a user's would; ``TTSR_REGISTRY`` points them at a test registry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hub_server import fake_hub
+
+from conftest import sample_image, save_png
+from ttsr_cli.errors import TTSRError
+from ttsr_cli.nn import TTSR
+from ttsr_cli.registry import HubFile, load_registry, parse_hf_url
+
+REPO, FILE = "test-org/ttsr-tiny", "tiny.safetensors"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+
+
+def write_registry(folder: Path, sha256: str, bundled: Path | None = None) -> Path:
+    """A registry with a Hub entry ``tiny`` (checked against ``sha256``) and, given a file,
+    a bundled entry ``local`` that is also the default."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = 'default = "local"\n'
+    text += f"""
+[models.tiny]
+description = "tiny test model on the Hub"
+hub = {{ repo = "{REPO}", file = "{FILE}", revision = "main" }}
+sha256 = "{sha256}"
+license = "MIT"
+card = "tiny.md"
+"""
+    if bundled is not None:
+        (folder / "local.safetensors").write_bytes(bundled.read_bytes())
+        text += """
+[models.local]
+description = "tiny test model, bundled"
+file = "local.safetensors"
+license = "MIT"
+card = "local.md"
+"""
+    path = folder / "registry.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def ttsr(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ttsr_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def tiny_bytes(tiny_weights: Path) -> bytes:
+    return tiny_weights.read_bytes()
+
+
+@pytest.fixture
+def env(tmp_path: Path, tiny_bytes: bytes) -> dict[str, str]:
+    """A fresh Hub cache and a test registry whose ``tiny`` has the right checksum."""
+    registry = write_registry(tmp_path / "models", hashlib.sha256(tiny_bytes).hexdigest())
+    return {"HF_HOME": str(tmp_path / "hf"), "TTSR_REGISTRY": str(registry)}
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    return save_png(tmp_path / "lr.png", sample_image("astronaut", (24, 20)))
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert fragment in lines[0], lines[0]
+
+
+def gets(hub_requests: list[str]) -> int:
+    return sum(r.startswith(f"GET /{REPO}/resolve/") for r in hub_requests)
+
+
+def test_model_downloads_then_runs_offline_from_the_cache(
+    env: dict[str, str], tiny_bytes: bytes, image: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.png"
+    with fake_hub() as hub:
+        hub.files[(REPO, FILE)] = tiny_bytes
+        result = ttsr(
+            "upscale", image, "--model", "tiny", "-o", out, env={**env, "HF_ENDPOINT": hub.url}
+        )
+        assert result.returncode == 0, result.stderr
+        assert out.is_file() and gets(hub.requests) == 1
+    out.unlink()
+    offline = ttsr("upscale", image, "-m", "tiny", "-o", out, "-q", env={**env, **OFFLINE})
+    assert offline.returncode == 0, offline.stderr
+    assert out.is_file()
+    url = ttsr(
+        "upscale", image, "-w", f"hf://{REPO}/{FILE}@main", "-o", out, env={**env, **OFFLINE}
+    )
+    assert url.returncode == 0, url.stderr
+
+
+def test_offline_with_a_cold_cache(env: dict[str, str], image: Path) -> None:
+    result = ttsr("upscale", image, "--model", "tiny", env={**env, **OFFLINE})
+    one_error_line(result, "not in the Hugging Face cache")
+
+
+@pytest.mark.parametrize("weights", [f"hf://{REPO}/other.safetensors", "hf://nobody/none/x.pt"])
+def test_missing_file_or_repository(
+    env: dict[str, str], tiny_bytes: bytes, image: Path, weights: str
+) -> None:
+    with fake_hub() as hub:
+        hub.files[(REPO, FILE)] = tiny_bytes
+        result = ttsr("upscale", image, "--weights", weights, env={**env, "HF_ENDPOINT": hub.url})
+    one_error_line(result, "not found on the Hugging Face Hub")
+
+
+def test_a_body_cut_off_once_resumes_and_passes_the_checksum(
+    env: dict[str, str], tiny_bytes: bytes, image: Path, tmp_path: Path
+) -> None:
+    with fake_hub() as hub:
+        hub.files[(REPO, FILE)] = tiny_bytes
+        hub.truncate.add((REPO, FILE))
+        result = ttsr(
+            "upscale",
+            image,
+            "-m",
+            "tiny",
+            "-o",
+            tmp_path / "o.png",
+            env={**env, "HF_ENDPOINT": hub.url},
+        )
+        assert result.returncode == 0, result.stderr
+        assert gets(hub.requests) == 2  # the second GET is the Range resume
+    (cached,) = (tmp_path / "hf").rglob(FILE)
+    assert cached.read_bytes() == tiny_bytes
+
+
+def test_a_body_cut_off_every_time_fails_with_one_line(
+    env: dict[str, str], tiny_bytes: bytes, image: Path
+) -> None:
+    with fake_hub() as hub:
+        hub.files[(REPO, FILE)] = tiny_bytes
+        hub.truncate_always.add((REPO, FILE))
+        result = ttsr("upscale", image, "-m", "tiny", env={**env, "HF_ENDPOINT": hub.url})
+    # Before giving up the Hub client logs its resume attempts; then ttsr's one error line.
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "download failed" in last, last
+
+
+def test_a_wrong_body_fails_the_checksum_and_is_not_kept(
+    env: dict[str, str], tiny_bytes: bytes, image: Path, tmp_path: Path
+) -> None:
+    wrong = bytearray(tiny_bytes)
+    wrong[-1] ^= 0xFF
+    with fake_hub() as hub:
+        hub.files[(REPO, FILE)] = bytes(wrong)
+        online = {**env, "HF_ENDPOINT": hub.url}
+        first = ttsr("upscale", image, "-m", "tiny", env=online)
+        one_error_line(first, "sha256")
+        assert not list((tmp_path / "hf").rglob(FILE))
+        again = ttsr("upscale", image, "-m", "tiny", env=online)
+        one_error_line(again, "sha256")
+        assert gets(hub.requests) == 2  # downloaded afresh, not taken from the cache
+    offline = ttsr("upscale", image, "-m", "tiny", env={**env, **OFFLINE})
+    one_error_line(offline, "not in the Hugging Face cache")
+
+
+def test_unknown_model_lists_the_known_ones(env: dict[str, str], image: Path) -> None:
+    result = ttsr("upscale", image, "--model", "nope", env=env)
+    one_error_line(result, "unknown model 'nope' (known: tiny;")
+
+
+def test_model_and_weights_together(env: dict[str, str], image: Path, tiny_weights: Path) -> None:
+    result = ttsr("upscale", image, "-m", "tiny", "-w", tiny_weights, env=env)
+    one_error_line(result, "either --model or --weights")
+
+
+def test_without_weights_and_no_bundled_default(image: Path) -> None:
+    """The packaged registry: its default is not bundled yet."""
+    result = ttsr("upscale", image, env={})
+    one_error_line(result, "no bundled default model exists yet")
+
+
+def test_bundled_default_and_models_listing(
+    tmp_path: Path, tiny_weights: Path, tiny_bytes: bytes, image: Path
+) -> None:
+    sha = hashlib.sha256(tiny_bytes).hexdigest()
+    registry = write_registry(tmp_path / "models", sha, bundled=tiny_weights)
+    env = {"HF_HOME": str(tmp_path / "hf"), "TTSR_REGISTRY": str(registry), **OFFLINE}
+    result = ttsr("upscale", image, "-o", tmp_path / "o.png", "-q", env=env)
+    assert result.returncode == 0, result.stderr
+    listing = json.loads(ttsr("models", "--json", env=env).stdout)
+    assert listing["default"] == "local"
+    status = {m["name"]: (m["status"], m["source"]) for m in listing["models"]}
+    assert status == {
+        "tiny": ("not downloaded", f"hf://{REPO}/{FILE}@main"),
+        "local": ("bundled", "bundled:local.safetensors"),
+    }
+
+
+def test_published_models_need_their_repository(
+    image: Path, tiny_model: TTSR, tmp_path: Path
+) -> None:
+    home = {"HF_HOME": str(tmp_path / "hf")}
+    one_error_line(ttsr("upscale", image, "-m", "ttsr-rec", env=home), "set TTSR_HUB_REPO=")
+    checkpoint = io.BytesIO()
+    torch.save(tiny_model.state_dict(), checkpoint)  # the original trainer's .pt format
+    with fake_hub() as hub:
+        hub.files[("someone/ttsr", "TTSR-rec.pt")] = checkpoint.getvalue()  # sha256 not checked
+        env = {**home, "HF_ENDPOINT": hub.url, "TTSR_HUB_REPO": "someone/ttsr"}
+        result = ttsr("upscale", image, "-m", "ttsr-rec", "-o", tmp_path / "o.png", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "models--someone--ttsr" in str(next((tmp_path / "hf").rglob("TTSR-rec.pt")))
+
+
+def test_packaged_registry() -> None:
+    registry = load_registry()
+    assert set(registry.models) == {"ttsr-rec", "ttsr-gan"}
+    assert registry.default not in registry.models  # nothing bundled yet
+    for entry in registry.models.values():
+        assert (registry.root / entry.card).is_file()
+        assert entry.hub is not None and entry.hub.repo_env == "TTSR_HUB_REPO"
+        assert entry.config["num_res_blocks"] == [16, 16, 8, 4]
+    assert registry.models["ttsr-rec"].published["CUFED5"] == [27.09, 0.804]
+    assert registry.models["ttsr-gan"].published["CUFED5"] == [25.53, 0.765]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("hf://a/b/c.pt", HubFile("a/b", "c.pt")),
+        ("hf://a/b/dir/c.safetensors@v1", HubFile("a/b", "dir/c.safetensors", "v1")),
+    ],
+)
+def test_parse_hf_url(url: str, expected: HubFile) -> None:
+    assert parse_hf_url(url) == expected
+
+
+@pytest.mark.parametrize("url", ["hf://a/b", "hf://a//c.pt", "hf://a/b/c.pt@"])
+def test_parse_bad_hf_url(url: str) -> None:
+    with pytest.raises(TTSRError, match="expected hf://OWNER/REPO"):
+        parse_hf_url(url)
+
+
+@pytest.mark.parametrize(
+    ("table", "fragment"),
+    [
+        ('description = "x"\nlicense = "x"\ncard = "x.md"', "exactly one of"),
+        ('file = "x"\nlicense = "x"\ncard = "x.md"', "description"),
+        ('file = "x"\ndescription = "x"\nlicense = "x"\ncard = "x"\nsha256 = "12"', "64 hex"),
+    ],
+)
+def test_bad_registry_entries(tmp_path: Path, table: str, fragment: str) -> None:
+    path = tmp_path / "registry.toml"
+    path.write_text(f"[models.bad]\n{table}\n", encoding="utf-8")
+    with pytest.raises(TTSRError, match=fragment):
+        load_registry(path)
+
+
+def test_default_must_be_bundled(tmp_path: Path) -> None:
+    path = write_registry(tmp_path, "")
+    path.write_text(path.read_text().replace('"local"', '"tiny"'), encoding="utf-8")
+    with pytest.raises(TTSRError, match="must be bundled"):
+        load_registry(path)

@@ -1,0 +1,287 @@
+"""Named models and where their weights come from: bundled in the package, or the Hub.
+
+``models/registry.toml`` (installed as the package data ``ttsr_cli.models``, so a wheel carries
+it) names each model, its source, its sha256 and its card.  :func:`resolve` turns what the
+user passed (``--model NAME``, ``--weights FILE`` or ``--weights hf://OWNER/REPO/FILE[@REV]``,
+or nothing: the bundled default) into a local file for :mod:`ttsr_cli.weights` to load.
+
+Downloads go through ``huggingface_hub.hf_hub_download``, so its cache, resumable downloads
+and ``HF_HOME`` / ``HF_ENDPOINT`` / ``HF_HUB_OFFLINE`` behave as in every other Hub tool.  This
+module imports neither torch nor huggingface_hub at import time: listing the registry is
+cheap and works in an install without them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ttsr_cli.errors import TTSRError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+#: A registry file to use instead of the packaged one (its files and cards sit beside it).
+REGISTRY_ENV = "TTSR_REGISTRY"
+HF_SCHEME = "hf://"
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """A file in a Hub model repository; ``repo`` empty means not known (set ``repo_env``)."""
+
+    repo: str
+    file: str
+    revision: str | None = None
+    repo_env: str | None = None
+
+    def repo_id(self) -> str:
+        """The repository, the environment variable ``repo_env`` taking precedence."""
+        return (os.environ.get(self.repo_env) if self.repo_env else None) or self.repo
+
+    def url(self) -> str:
+        repo = self.repo_id() or f"${self.repo_env}"
+        return f"{HF_SCHEME}{repo}/{self.file}" + (f"@{self.revision}" if self.revision else "")
+
+
+@dataclass(frozen=True)
+class Model:
+    """One registry entry: exactly one of ``file`` (bundled) and ``hub`` is set."""
+
+    name: str
+    description: str
+    license: str
+    card: str
+    sha256: str = ""
+    file: str | None = None
+    hub: HubFile | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    published: dict[str, list[float]] = field(default_factory=dict)
+
+    def source(self) -> str:
+        return self.hub.url() if self.hub else f"bundled:{self.file}"
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The models by name, the default's name, and the folder holding bundled files and cards."""
+
+    default: str
+    models: dict[str, Model]
+    root: Path
+
+    def get(self, name: str) -> Model:
+        if name not in self.models:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise TTSRError(f"unknown model '{name}' (known: {known}; see ttsr models)")
+        return self.models[name]
+
+
+def registry_path() -> Path:
+    """``$TTSR_REGISTRY``, else the installed package data, else ``models/`` of a checkout run
+    without installing (``PYTHONPATH=.``), where ``ttsr_cli.models`` does not exist."""
+    if override := os.environ.get(REGISTRY_ENV):
+        return Path(override)
+    try:
+        return Path(str(resources.files("ttsr_cli.models"))) / "registry.toml"
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "models" / "registry.toml"
+
+
+def load_registry(path: Path | None = None) -> Registry:
+    """Parse and check the registry, failing with one line that names the file and entry."""
+    path = path or registry_path()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise TTSRError(f"{path}: cannot read the model registry ({exc})") from None
+    models = {}
+    for name, table in data.get("models", {}).items():
+        try:
+            models[name] = _parse_model(name, table)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise TTSRError(f"{path}: model '{name}': {exc}") from None
+    default = data.get("default", "")
+    if default in models and models[default].file is None:
+        raise TTSRError(f"{path}: the default model '{default}' must be bundled, not on the Hub")
+    return Registry(default, models, path.parent)
+
+
+def _parse_model(name: str, table: dict[str, Any]) -> Model:
+    if ("file" in table) == ("hub" in table):
+        raise ValueError("needs exactly one of 'file' (bundled) and 'hub'")
+    hub = HubFile(**table["hub"]) if "hub" in table else None
+    sha256 = table.get("sha256", "").lower()
+    if sha256 and (len(sha256) != 64 or set(sha256) - set("0123456789abcdef")):
+        raise ValueError("sha256 must be 64 hex digits or empty")
+    return Model(
+        name=name,
+        description=table["description"],
+        license=table["license"],
+        card=table["card"],
+        sha256=sha256,
+        file=table.get("file"),
+        hub=hub,
+        config=dict(table.get("config", {})),
+        published=dict(table.get("published", {})),
+    )
+
+
+def resolve(model: str | None = None, weights: str | Path | None = None) -> Path:
+    """The local weights file for ``--model`` or ``--weights`` (a path or an ``hf://`` URL),
+    or for the bundled default when neither is given; downloads and checks as needed."""
+    if model and weights:
+        raise TTSRError("pass either --model or --weights, not both")
+    if weights is not None:
+        text = str(weights)
+        return _download(parse_hf_url(text)) if text.startswith(HF_SCHEME) else Path(text)
+    registry = load_registry()
+    if model:
+        return fetch(registry, registry.get(model))
+    return _default(registry)
+
+
+def _default(registry: Registry) -> Path:
+    entry = registry.models.get(registry.default)
+    if entry is None or not (registry.root / str(entry.file)).is_file():
+        raise TTSRError(
+            "no bundled default model exists yet: pass --weights FILE (e.g. TTSR.pt), "
+            "--weights hf://OWNER/REPO/FILE, or --model NAME (ttsr models lists them)"
+        )
+    return fetch(registry, entry)
+
+
+def parse_hf_url(url: str) -> HubFile:
+    """``hf://OWNER/REPO/PATH/IN/REPO[@REVISION]`` -> the Hub file it names."""
+    rest = url.removeprefix(HF_SCHEME)
+    spec, at, revision = rest.rpartition("@")
+    if not at:
+        spec, revision = rest, ""
+    parts = spec.split("/", 2)
+    if len(parts) != 3 or not all(parts) or (at and not revision):
+        raise TTSRError(f"{url}: expected hf://OWNER/REPO/PATH/TO/FILE[@REVISION]")
+    return HubFile(f"{parts[0]}/{parts[1]}", parts[2], revision or None)
+
+
+def fetch(registry: Registry, entry: Model) -> Path:
+    """The entry's weights as a local file whose sha256 (when known) has been checked."""
+    if entry.hub is None:
+        path = registry.root / str(entry.file)
+        if not path.is_file():
+            raise TTSRError(f"model '{entry.name}': bundled file {path} is missing")
+        _check_sha256(entry, path, downloaded=False)
+        return path
+    if not entry.hub.repo_id():
+        raise TTSRError(
+            f"model '{entry.name}': its Hub repository is not known; set "
+            f"{entry.hub.repo_env}=OWNER/REPO (the repository holding {entry.hub.file}) or "
+            f"pass --weights with a local copy of {entry.hub.file}"
+        )
+    path = _download(entry.hub)
+    _check_sha256(entry, path, downloaded=True)
+    return path
+
+
+def _download(hub: HubFile) -> Path:
+    """Through the Hub cache; every failure becomes one line naming the file."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    url = hub.url()
+    try:
+        return Path(hf_hub_download(hub.repo_id(), hub.file, revision=hub.revision))
+    except LocalEntryNotFoundError:  # first: it subclasses EntryNotFoundError
+        raise TTSRError(
+            f"{url}: not in the Hugging Face cache and the Hub cannot be reached (offline, or "
+            "HF_HUB_OFFLINE is set); connect once to download it, or pass a local --weights file"
+        ) from None
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
+        raise TTSRError(f"{url}: not found on the Hugging Face Hub") from None
+    except Exception as exc:  # HTTP errors, whose library (requests, httpx) varies by version
+        raise TTSRError(f"{url}: download failed ({_first_line(exc)})") from None
+
+
+def _check_sha256(entry: Model, path: Path, downloaded: bool) -> None:
+    """A mismatch is an error; a downloaded file that fails is removed from the Hub cache,
+    so the next run downloads it again instead of finding the same bad bytes."""
+    if not entry.sha256:
+        return
+    actual = sha256_of(path)
+    if actual == entry.sha256:
+        return
+    action = ""
+    if downloaded:
+        _evict(path)
+        action = "; the cached copy was deleted, the next run downloads it again"
+    raise TTSRError(
+        f"model '{entry.name}': {entry.source()} has sha256 {actual[:12]}..., expected "
+        f"{entry.sha256[:12]}... (damaged or changed upstream){action}"
+    )
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _evict(path: Path) -> None:
+    """Delete a cached snapshot entry and the blob it links to (a copy where no symlinks)."""
+    blob = path.resolve()
+    path.unlink(missing_ok=True)
+    blob.unlink(missing_ok=True)
+
+
+def status(registry: Registry, entry: Model) -> str:
+    """``bundled``/``missing`` for bundled files; ``cached``/``not downloaded`` for Hub files
+    (looked up in the cache only, never on the network); ``repo unknown`` without a repo."""
+    if entry.hub is None:
+        return "bundled" if (registry.root / str(entry.file)).is_file() else "missing"
+    if not entry.hub.repo_id():
+        return "repo unknown"
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(
+        entry.hub.repo_id(), entry.hub.file, revision=entry.hub.revision
+    )
+    return "cached" if isinstance(cached, str) else "not downloaded"
+
+
+def describe(registry: Registry) -> dict[str, Any]:
+    """The registry as plain data for ``ttsr models --json``."""
+    rows = []
+    for entry in registry.models.values():
+        rows.append(
+            {
+                "name": entry.name,
+                "description": entry.description,
+                "source": entry.source(),
+                "status": status(registry, entry),
+                "sha256": entry.sha256 or None,
+                "license": entry.license,
+                "card": str(registry.root / entry.card),
+                "config": entry.config,
+                "published": entry.published,
+            }
+        )
+    return {"default": registry.default, "models": rows}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
