@@ -284,10 +284,12 @@ def contact_sheet(rankings: Sequence[Ranking], path: Path) -> None:
 
 
 def _thumbnail(path: Path) -> Image.Image:
-    """The image fitted into the thumbnail square (read again: features are not pixels)."""
+    """The image scaled to fit the thumbnail square, small inputs enlarged so they can be
+    compared with their references (read again: features are not pixels)."""
     image = Image.fromarray(to_8bit(read_image(path).rgb))
-    image.thumbnail((_THUMB, _THUMB), Image.BICUBIC)
-    return image
+    factor = _THUMB / max(image.size)
+    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+    return image.resize(size, Image.BICUBIC)
 
 
 @contextlib.contextmanager
