@@ -176,18 +176,19 @@ class Matcher:
         match = relevance_search(query.features, [key.features], SEARCH_BUDGET)
         return float(match.score.mean())
 
-    def shortlist(self, query: Encoded, pool: Sequence[Encoded]) -> list[int]:
-        """Indices of the ``candidates`` pool images whose signatures are closest."""
+    def shortlist(self, query: Encoded, pool: Sequence[Encoded], keep: int) -> list[int]:
+        """Indices of the ``keep`` pool images whose signatures are closest, best first."""
         similarity = affinity(query.signature, torch.stack([p.signature for p in pool]))
-        keep = min(self.candidates, len(pool))
-        return similarity.topk(keep).indices.tolist()
+        return similarity.topk(min(keep, len(pool))).indices.tolist()
 
     def rank(self, query: Encoded, pool: Sequence[tuple[Path, Encoded]], top: int) -> list[Match]:
-        """The ``top`` best pool images for ``query``, scored exactly, best first (ties by
-        pool order, so results are deterministic)."""
+        """The ``top`` best pool images for ``query``, best first.  The prefilter keeps
+        ``candidates`` (at least ``top``) pool images; those are ranked by exact score (ties
+        by pool order, so results are deterministic)."""
         if not pool:
             return []
-        chosen = sorted(self.shortlist(query, [encoded for _, encoded in pool]))
+        keep = max(self.candidates, top)
+        chosen = sorted(self.shortlist(query, [encoded for _, encoded in pool], keep))
         scored = [Match(pool[i][0], self.relevance(query, pool[i][1])) for i in chosen]
         return sorted(scored, key=lambda m: -m.score)[:top]
 

@@ -73,7 +73,7 @@ def evaluate(
     hits = recalled = 0
     for i, query in enumerate(queries):
         encoded = matcher.encode_input(query)
-        recalled += i in matcher.shortlist(encoded, [e for _, e in pool])
+        recalled += i in matcher.shortlist(encoded, [e for _, e in pool], matcher.candidates)
         hits += matcher.rank(encoded, pool, 1)[0].ref == Path(str(i))
     n = len(queries)
     return hits / n, recalled / n, time.perf_counter() - start
