@@ -4,9 +4,10 @@ For each of the 100 images: the query is the LR (x4 Pillow-bicubic down) of a 25
 its true reference is a 256 px crop of the same image shifted 64-128 px in a random direction
 and rescaled 0.8-1.2x.  The pool of every query is the 100 true references (1 true, 99 from
 other images).  Prints top-1 accuracy and wall time for the default matcher, and for a
-raw-pixel patch-matching baseline over 40 prefiltered candidates.
+raw-pixel patch-matching baseline (plain RGB through the same search) over 3 and 40
+prefiltered candidates, and optionally a checkpoint's LTE.
 
-    python tests/benchmarks/bench_match_ref.py [--data ../shared/datasets/Urban100]
+    python tests/benchmarks/bench_match_ref.py [--data DIR] [--weights CHECKPOINT]
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ttsr_cli import matching
-from ttsr_cli.matching import Matcher
+from ttsr_cli.matching import CANDIDATES, Matcher
 from ttsr_cli.weights import load_model
 
 CROP = 256
@@ -79,27 +79,31 @@ def evaluate(
     return hits / n, recalled / n, time.perf_counter() - start
 
 
+def matchers(weights: Path | None) -> list[tuple[str, Matcher]]:
+    """The default at several prefilter sizes, the raw-pixel baseline, and optionally an LTE."""
+    rows = [
+        (f"texture{' (default)' * (m == CANDIDATES)}", Matcher(candidates=m)) for m in (1, 2, 3)
+    ]
+    rows += [("raw pixels", Matcher(candidates=m, descriptor=raw_pixels)) for m in (3, 40)]
+    if weights:
+        rows.append((f"LTE of {weights.name}", Matcher(load_model(weights).LTE)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--weights", type=Path, help="Also measure this model's LTE.")
-    parser.add_argument("--candidates", type=int, default=matching.CANDIDATES)
-    parser.add_argument("--max-positions", type=int, default=matching.MAX_POSITIONS)
+    parser.add_argument("--weights", type=Path, help="Also measure this checkpoint's LTE.")
     args = parser.parse_args()
     torch.manual_seed(0)
     queries, refs = retrieval_set(args.data)
-    rows = [("texture (default)", Matcher(None, None, args.candidates, args.max_positions))]
-    baseline = Matcher(None, None, 40, args.max_positions, descriptor=raw_pixels)
-    rows.append(("raw pixels, 40 candidates", baseline))
-    if args.weights:
-        lte = load_model(args.weights).LTE
-        rows.append((f"LTE {args.weights.name}", Matcher(lte, None, args.candidates)))
     print(f"{len(queries)} queries x {len(refs)} pool images, {torch.get_num_threads()} threads")
-    print("| matcher | candidates | prefilter recall | top-1 | wall time |")
+    print("| features | candidates | prefilter recall | top-1 | wall time |")
     print("|---|---:|---:|---:|---:|")
-    for name, matcher in rows:
+    for name, matcher in matchers(args.weights):
         top1, recall, seconds = evaluate(matcher, queries, refs)
-        print(f"| {name} | {matcher.candidates} | {recall:.0%} | {top1:.0%} | {seconds:.1f} s |")
+        row = f"| {name} | {matcher.candidates} | {recall:.0%} | {top1:.0%} | {seconds:.1f} s |"
+        print(row, flush=True)
 
 
 if __name__ == "__main__":
