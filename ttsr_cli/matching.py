@@ -10,7 +10,7 @@ network pairs them.
 Features come from a model's LTE when weights are given.  Without weights a fixed descriptor
 is used (:func:`texture_features`): high-passed colour at lv3 resolution, because no trained
 LTE exists offline, and an untrained one ranked no better on the retrieval benchmark while
-taking ten times as long (see README, "Choosing references").
+taking three times as long (see README, "Choosing references").
 
 Two stages keep pools of hundreds fast: a global colour-and-gradient histogram
 (:func:`signature`) keeps the ``candidates`` most similar pool images, and only those are
