@@ -10,10 +10,11 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ttsr_cli import __version__, batch, registry
+from ttsr_cli import __version__, batch, matching, registry
 from ttsr_cli.batch import DEFAULT_SUFFIX
 from ttsr_cli.console import error, reported_errors, stderr, training_progress
 from ttsr_cli.devices import parse_size, select_device, select_precision
+from ttsr_cli.errors import TTSRError
 from ttsr_cli.evaluate import Benchmark, ImageResult, Report, Skipped, prepare, run, write_csv
 from ttsr_cli.pipeline import Upscaler
 from ttsr_cli.weights import load_model
@@ -478,6 +479,95 @@ def _fmt(metric: str, value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.4f}" if metric.endswith("ssim") else f"{value:.3f}"
+
+
+@app.command("match-ref")
+def match_ref(
+    images: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Images, folders or quoted globs to find references for.", show_default=False
+        ),
+    ],
+    pool: Annotated[Path, typer.Option(help="Folder of candidate reference images.")] = ...,  # type: ignore[assignment]
+    top: Annotated[int, typer.Option(help="References kept per input, best first.")] = 5,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights",
+            "-w",
+            help="Score with this checkpoint's LTE (default: a fixed texture descriptor).",
+        ),
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object with every ranking on stdout.")
+    ] = False,
+    csv_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--csv", help="Write 'input,ref1,ref2,...' rows for 'ttsr upscale --ref-map'."
+        ),
+    ] = None,
+    copy_to: Annotated[
+        Path | None, typer.Option(help="Copy each input's references into DIR/STEM/, rank first.")
+    ] = None,
+    sheet: Annotated[
+        Path | None, typer.Option(help="Write a contact sheet PNG: each input with its references.")
+    ] = None,
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
+    ] = "auto",
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks on failure.")
+    ] = False,
+) -> None:
+    """Rank a pool of images as references for each input, by the texture TTSR could borrow.
+
+    Example: [bold]ttsr match-ref photo.png --pool sharp/ --top 3 --csv refs.csv[/]
+
+    Exit codes: 0 all ranked, 1 some inputs or pool images could not be read (skipped), 2 a
+    usage or configuration problem.
+    """
+    with reported_errors(debug):
+        if top < 1:
+            raise TTSRError(f"--top {top}: must be at least 1")
+        if not pool.is_dir():
+            raise TTSRError(f"--pool {pool}: not a folder")
+        inputs = [s.path for s in batch.collect_inputs(images)]
+        pool_paths = [s.path for s in batch.collect_inputs([pool], suffix="")]
+        target = select_device(device)
+        lte = load_model(weights, target).LTE if weights else None
+        matcher = matching.Matcher(lte, target)
+        failures: list[str] = []
+
+        def skip(message: str) -> None:
+            failures.append(message)
+            error(message)
+
+        encoded = matching.encode_pool(matcher, pool_paths, skip)
+        if not encoded:
+            raise TTSRError(f"--pool {pool}: no readable images")
+        rankings = matching.rank_inputs(matcher, inputs, encoded, top, skip)
+        if csv_file is not None:
+            matching.write_ref_map(rankings, csv_file)
+        if copy_to is not None:
+            matching.copy_top(rankings, copy_to)
+        if sheet is not None:
+            matching.contact_sheet(rankings, sheet)
+        _print_rankings(rankings, json_output)
+    if failures:
+        raise typer.Exit(1)
+
+
+def _print_rankings(rankings: list[matching.Ranking], as_json: bool) -> None:
+    """JSON on stdout, or each input followed by its numbered references and scores."""
+    if as_json:
+        typer.echo(json.dumps({"results": [r.to_dict() for r in rankings]}))
+        return
+    for ranking in rankings:
+        typer.echo(str(ranking.input))
+        for rank, found in enumerate(ranking.matches, start=1):
+            typer.echo(f"  {rank}. {found.score:.4f}  {found.ref}")
 
 
 def main() -> None:
