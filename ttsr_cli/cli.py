@@ -492,12 +492,17 @@ def match_ref(
     pool: Annotated[Path, typer.Option(help="Folder of candidate reference images.")] = ...,  # type: ignore[assignment]
     top: Annotated[int, typer.Option(help="References kept per input, best first.")] = 5,
     weights: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--weights",
             "-w",
-            help="Score with this checkpoint's LTE (default: a fixed texture descriptor).",
+            help="Score with this checkpoint's LTE, a file or hf:// URL "
+            "(default: a fixed texture descriptor).",
         ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Score with a named model's LTE (see ttsr models)."),
     ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON object with every ranking on stdout.")
@@ -536,7 +541,8 @@ def match_ref(
         inputs = [s.path for s in batch.collect_inputs(images)]
         pool_paths = [s.path for s in batch.collect_inputs([pool], suffix="")]
         target = select_device(device)
-        lte = load_model(weights, target).LTE if weights else None
+        chosen = weights or model
+        lte = load_model(registry.resolve(model, weights), target).LTE if chosen else None
         matcher = matching.Matcher(lte, target)
         failures: list[str] = []
 
