@@ -367,10 +367,17 @@ def evaluate(
         typer.Option(help="Folder of ground-truth images (default: download from the Hub)."),
     ] = None,
     weights: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            "--weights", "-w", help="Checkpoint to evaluate. Omit for the bicubic baseline only."
+            "--weights",
+            "-w",
+            help="Checkpoint to evaluate, a file or hf:// URL. Omit (and --model) for the "
+            "bicubic baseline only.",
         ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="A named model to evaluate (see ttsr models)."),
     ] = None,
     ref_level: Annotated[
         str,
@@ -417,10 +424,11 @@ def evaluate(
     with reported_errors(debug):
         target = select_device(device)
         budget = parse_size(max_memory) if max_memory else None
+        checkpoint = registry.resolve(model, weights) if (weights or model) else None
         benchmark = prepare(
             dataset,
             data_dir,
-            weights,
+            checkpoint,
             ref_level=ref_level,
             protocol=protocol,
             limit=limit,
