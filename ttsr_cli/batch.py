@@ -28,6 +28,10 @@ FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
 _GLOB_CHARS = frozenset("*?[")
 
 
+#: ``--ref auto``: choose each input's references from ``--pool`` (match-ref ranking).
+AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class Source:
     """One input file and its folder relative to the argument that named it (kept under -o)."""
@@ -55,13 +59,15 @@ class OutputOptions:
 class ReferenceOptions:
     """``--ref`` (for every input), ``--ref-dir`` (same stem) and ``--ref-map`` (a CSV).
 
-    For each input the first that names references wins: map row, folder match, ``--ref``;
-    with none, the input is its own reference.
+    For each input the first that names references wins: map row, ``--ref auto`` ranking,
+    folder match, ``--ref``; with none, the input is its own reference.
     """
 
     refs: tuple[Path, ...] = ()
     ref_dir: Path | None = None
     ref_map: Path | None = None
+    #: ``--ref auto --pool DIR``: each input's best pool images (see :func:`ranked_references`).
+    ranked: dict[Path, tuple[Path, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +149,35 @@ def _folder_images(
         and not path.is_dir()
         and not (suffix and path.stem.endswith(suffix))
     ]
+
+
+def torchrun_shard() -> str | None:
+    """``RANK+1/WORLD_SIZE`` under torchrun (several processes), so each rank takes its own
+    slice of the inputs without being told; ``None`` when run alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return f"{int(os.environ.get('RANK', '0')) + 1}/{world}" if world > 1 else None
+
+
+def ranked_references(
+    sources: Sequence[Source], pool: Path, top: int, on_error: Callable[[str], None]
+) -> dict[Path, tuple[Path, ...]]:
+    """``--ref auto --pool DIR``: each input's ``top`` best pool images, ranked as
+    ``ttsr match-ref`` ranks them.  Unreadable pool images are reported and left out;
+    unreadable inputs are left to the batch, which reports them once."""
+    from ttsr_cli import matching
+
+    if not pool.is_dir():
+        raise TTSRError(f"--pool {pool}: not a folder")
+    if top < 1:
+        raise TTSRError(f"--ref-top {top}: must be at least 1")
+    matcher = matching.Matcher()
+    paths = [s.path for s in collect_inputs([pool], suffix="")]
+    encoded = matching.encode_pool(matcher, paths, on_error)
+    if not encoded:
+        raise TTSRError(f"--pool {pool}: no readable images")
+    inputs = [s.path for s in sources]
+    rankings = matching.rank_inputs(matcher, inputs, encoded, top, lambda message: None)
+    return {r.input.resolve(): tuple(m.ref.resolve() for m in r.matches) for r in rankings}
 
 
 def select_shard(sources: list[Source], shard: str | None) -> list[Source]:
@@ -233,7 +268,7 @@ def _extension(path: Path, fmt: str | None) -> str:
 
 def _reference_chooser(options: ReferenceOptions) -> Callable[[Path], tuple[Path, ...]]:
     """A function giving each input its references (resolved paths) by the documented order."""
-    rows = read_ref_map(options.ref_map) if options.ref_map else {}
+    rows = {**(options.ranked or {}), **(read_ref_map(options.ref_map) if options.ref_map else {})}
     by_stem = _index_by_stem(options.ref_dir) if options.ref_dir else {}
     common = tuple(path.resolve() for path in options.refs)
 

@@ -60,13 +60,21 @@ def upscale(
             "--ref",
             "-r",
             help="Reference image. Repeat to search several together (each patch takes its "
-            "best match across all). Omit to use the image itself as its reference.",
+            "best match across all). 'auto' with --pool: pick each input's best. Omit to use "
+            "the image itself as its reference.",
         ),
     ] = None,
     ref_dir: Annotated[
         Path | None,
         typer.Option(help="Folder of references: each input uses the one with its file stem."),
     ] = None,
+    pool: Annotated[
+        Path | None,
+        typer.Option(help="With --ref auto: folder of candidate references, ranked per input."),
+    ] = None,
+    ref_top: Annotated[
+        int, typer.Option(help="With --ref auto: how many of the best pool images to search.")
+    ] = 1,
     ref_map: Annotated[
         Path | None,
         typer.Option(
@@ -152,8 +160,15 @@ def upscale(
     with reported_errors(debug):
         start = time.perf_counter()
         outputs = batch.OutputOptions(output, suffix, output_format, quality, skip_existing)
-        references = batch.ReferenceOptions(tuple(ref or ()), ref_dir, ref_map)
+        shard = shard or batch.torchrun_shard()
         sources = batch.select_shard(batch.collect_inputs(images, recursive, suffix), shard)
+        if ref == [Path(batch.AUTO)]:
+            if pool is None:
+                raise TTSRError("--ref auto needs --pool DIR")
+            ranked = batch.ranked_references(sources, pool, ref_top, error)
+            references = batch.ReferenceOptions((), ref_dir, ref_map, ranked)
+        else:
+            references = batch.ReferenceOptions(tuple(ref or ()), ref_dir, ref_map)
         jobs = batch.plan(sources, outputs, references)
         target = select_device(device)
         dtype = select_precision(precision, target)

@@ -27,7 +27,7 @@ def select_device(name: str = "auto") -> torch.device:
     name = name.strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", _torchrun_local_rank() % torch.cuda.device_count())
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -46,6 +46,13 @@ def select_device(name: str = "auto") -> torch.device:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise TTSRError(f"unsupported device '{name}' (use auto, cpu, cuda, cuda:N or mps)")
     return device
+
+
+def _torchrun_local_rank() -> int:
+    """Under torchrun each process takes the GPU of its local rank; alone, the first GPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return int(os.environ.get("LOCAL_RANK", "0"))
+    return 0
 
 
 def free_memory_bytes(device: torch.device) -> int:
