@@ -415,6 +415,14 @@ def evaluate(
         Path | None,
         typer.Option(help="Write NAME_ttsr.png and NAME_bicubic.png into this folder."),
     ] = None,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Write index.html with a per-image chart and best/worst crops "
+            "(bicubic | model | ground truth) into this folder.",
+        ),
+    ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")
     ] = False,
@@ -453,6 +461,10 @@ def evaluate(
         report = _run_with_progress(benchmark, save_images, show=not json_output)
         if csv_file is not None:
             write_csv(report, csv_file)
+        if report_dir is not None:
+            from ttsr_cli.report import write_report
+
+            write_report(report, benchmark, report_dir)
         if json_output:
             typer.echo(json.dumps(report.to_dict()))
         else:
