@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import sample_image
-from ttsr_cli.devices import search_budget_within
+from ttsr_cli.devices import SEARCH_BUDGET_CAP, SEARCH_BUDGET_FLOOR, search_budget_within
 from ttsr_cli.pipeline import Upscaler
 from ttsr_cli.tiles import (
     MIN_TILE,
@@ -46,10 +46,10 @@ def test_tile_side_fits_the_budget_or_runs_whole() -> None:
     assert tile_side((750, 1000), 1, widths, 32) == MIN_TILE
 
 
-def test_search_takes_a_quarter_of_the_budget_up_to_its_cap() -> None:
+def test_search_takes_a_quarter_of_the_budget_within_its_bounds() -> None:
     assert search_budget_within(1 << 30) == 1 << 28
-    assert search_budget_within(64 << 30) == 1 << 30
-    assert search_budget_within(1000) == 1 << 20
+    assert search_budget_within(64 << 30) == SEARCH_BUDGET_CAP
+    assert search_budget_within(1000) == SEARCH_BUDGET_FLOOR
 
 
 @pytest.mark.parametrize(("length", "core", "overlap"), [(100, 30, 8), (97, 97, 8), (50, 7, 3)])

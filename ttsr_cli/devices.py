@@ -84,8 +84,9 @@ def default_memory_budget(device: torch.device) -> int:
 
 
 def search_budget_within(budget: int) -> int:
-    """The relevance search's share of a whole-upscale budget (same share as by default)."""
-    return max(1 << 20, min(SEARCH_BUDGET_CAP, int(budget * SEARCH_SHARE)))
+    """The relevance search's share of a whole-upscale budget, bounded as by default: below
+    the floor its blocks get so small that Python overhead dominates, for little memory."""
+    return max(SEARCH_BUDGET_FLOOR, min(SEARCH_BUDGET_CAP, int(budget * SEARCH_SHARE)))
 
 
 def parse_size(text: str) -> int:
