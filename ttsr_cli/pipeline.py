@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ttsr_cli.devices import default_memory_budget, search_budget_within
+from ttsr_cli.devices import default_memory_budget, default_search_budget, search_budget_within
 from ttsr_cli.errors import InputError, TTSRError
 from ttsr_cli.imageio import ImageData, output_format, read_image, write_image
 from ttsr_cli.nn import TTSR
@@ -197,7 +197,7 @@ class Upscaler:
             budget = default_memory_budget(self.device)  # references already left free memory
         else:
             budget = self.memory_budget - sum(_feature_bytes(r) for r in references)
-        budget -= self.search_budget or 0
+        budget -= self.search_budget or default_search_budget(self.device)
         config = self.model.config
         widths = (config.n_feats, config.lte_widths[0])
         elem_size = torch.finfo(self.precision).bits // 8
