@@ -87,7 +87,7 @@ def test_image_with_alpha_and_sixteen_bits_is_upscaled_whole(tiny_model) -> None
     upscaler = Upscaler(tiny_model, torch.device("cpu"))
     rgb = sample_image("astronaut", (15, 11)).astype(np.uint16) * 257
     alpha = np.full((11, 15), 40000, np.uint16)
-    out = upscaler.upscale_image(ImageData(rgb, alpha, 16, b"icc", True, "PNG"))
+    out, _ = upscaler.upscale_image(ImageData(rgb, alpha, 16, b"icc", True, "PNG"))
     assert out.rgb.shape == (44, 60, 3) and out.rgb.dtype == np.uint16
     assert out.alpha.shape == (44, 60) and (out.alpha == 40000).all()
     assert (out.bit_depth, out.icc_profile, out.greyscale) == (16, b"icc", True)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from ttsr_cli.errors import InputError, TTSRError
 from ttsr_cli.imageio import output_format, probe_size
-from ttsr_cli.pipeline import SCALE, ReferenceCache, Upscaler, upscale_file
+from ttsr_cli.pipeline import SCALE, ReferenceCache, UpscaleOptions, Upscaler, upscale_file
 
 DEFAULT_SUFFIX = "_ttsr"
 FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
@@ -53,6 +53,7 @@ class OutputOptions:
     fmt: str | None = None
     quality: int = 95
     skip_existing: bool = False
+    extras: UpscaleOptions = field(default_factory=UpscaleOptions)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class Result:
     error: str | None = None
     seconds: float = 0.0
     size: tuple[int, int] | None = None
+    tiles: int = 1
     traceback: str | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
@@ -371,7 +373,15 @@ def _run_one(upscaler: Upscaler, cache: ReferenceCache, job: Job, outputs: Outpu
         return Result(job.source, job.destination, "skipped")
     try:
         with cache.borrow(job.references) as references:
-            size = upscale_file(upscaler, job.source, job.destination, references, outputs.quality)
+            written = upscale_file(
+                upscaler,
+                job.source,
+                job.destination,
+                references,
+                outputs.quality,
+                outputs.extras,
+                job.references,
+            )
     except Exception as exc:  # one image's failure, expected or not, must not end the batch
         if isinstance(exc, InputError):
             reason = str(exc).removeprefix(f"{job.source}: ")
@@ -379,7 +389,8 @@ def _run_one(upscaler: Upscaler, cache: ReferenceCache, job: Job, outputs: Outpu
             reason = f"{type(exc).__name__}: {_first_line(exc)}"
         seconds = time.perf_counter() - start
         return Result(job.source, None, "error", reason, seconds, traceback=traceback.format_exc())
-    return Result(job.source, job.destination, "ok", None, time.perf_counter() - start, size)
+    seconds = time.perf_counter() - start
+    return Result(job.source, job.destination, "ok", None, seconds, written.size, written.tiles)
 
 
 def _first_line(exc: BaseException) -> str:

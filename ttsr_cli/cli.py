@@ -16,7 +16,7 @@ from ttsr_cli.console import error, reported_errors, stderr, training_progress
 from ttsr_cli.devices import parse_size, select_device, select_precision
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.evaluate import Benchmark, ImageResult, Report, Skipped, prepare, run, write_csv
-from ttsr_cli.pipeline import Upscaler
+from ttsr_cli.pipeline import UpscaleOptions, Upscaler
 from ttsr_cli.weights import load_model
 
 app = typer.Typer(
@@ -135,10 +135,26 @@ def upscale(
     max_memory: Annotated[
         str | None,
         typer.Option(
-            help="Working memory for the reference search, e.g. 512MB or 2GB "
-            "(default: a quarter of free memory, at most 1GB). Never changes the result.",
+            help="Memory budget for each upscale, e.g. 2GB (default: half of free RAM or "
+            "VRAM). Larger images are processed in overlapping tiles to fit.",
         ),
     ] = None,
+    tile: Annotated[
+        int | None,
+        typer.Option(min=8, help="Force tiles of this many LR pixels a side (default: by budget)."),
+    ] = None,
+    outscale: Annotated[
+        float | None,
+        typer.Option(min=0.01, help="Final scale: the x4 result resized with Lanczos, e.g. 2."),
+    ] = None,
+    save_attention: Annotated[
+        Path | None,
+        typer.Option(help="Folder for STEM_attention.png and STEM_source.png maps."),
+    ] = None,
+    compare: Annotated[
+        bool,
+        typer.Option("--compare", help="Write STEM_compare.png: bicubic | ttsr | reference crop."),
+    ] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON object with every result on stdout.")
     ] = False,
@@ -159,7 +175,8 @@ def upscale(
     """
     with reported_errors(debug):
         start = time.perf_counter()
-        outputs = batch.OutputOptions(output, suffix, output_format, quality, skip_existing)
+        extras = UpscaleOptions(outscale, save_attention, compare)
+        outputs = batch.OutputOptions(output, suffix, output_format, quality, skip_existing, extras)
         shard = shard or batch.torchrun_shard()
         sources = batch.select_shard(batch.collect_inputs(images, recursive, suffix), shard)
         if ref == [Path(batch.AUTO)]:
@@ -174,10 +191,10 @@ def upscale(
         dtype = select_precision(precision, target)
         budget = parse_size(max_memory) if max_memory else None
         batch.check_references(jobs)
-        upscaler = Upscaler(
-            load_model(registry.resolve(model, weights), target), target, budget, dtype
-        )
+        checkpoint = load_model(registry.resolve(model, weights), target)
+        upscaler = Upscaler(checkpoint, target, precision=dtype, memory_budget=budget, tile=tile)
         report = _Report(len(jobs), quiet, verbose, debug, str(target))
+        upscaler.on_tile = report.tile
         with report:
             results = batch.run(upscaler, jobs, outputs, report.add)
         report.finish(results, time.perf_counter() - start, json_output)
@@ -193,14 +210,15 @@ class _Report:
         self.quiet, self.verbose, self.debug, self.device = quiet, verbose, debug, device
         show_bar = not quiet and not self.single and stderr.is_terminal
         self.progress = Progress(
-            TextColumn("upscaling"),
+            TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=stderr,
             disable=not show_bar,
         )
-        self.task = self.progress.add_task("upscale", total=total)
+        self.task = self.progress.add_task("upscaling", total=total)
+        self.tiles = self.progress.add_task("tiles", total=None, visible=False)
 
     def __enter__(self) -> _Report:
         self.progress.start()
@@ -209,6 +227,10 @@ class _Report:
     def __exit__(self, *exc_info: object) -> None:
         self.progress.stop()
 
+    def tile(self, done: int, total: int) -> None:
+        """Tiles of the image in progress (a large image may take minutes)."""
+        self.progress.update(self.tiles, completed=done, total=total, visible=done < total)
+
     def add(self, result: batch.Result) -> None:
         self.progress.advance(self.task)
         if result.status == "error":
@@ -216,7 +238,8 @@ class _Report:
                 stderr.print(result.traceback, markup=False, highlight=False)
             error(f"{result.input}: {result.error}")
         elif self.verbose and not self.quiet:
-            stderr.print(f"{result.status}: {result.input} -> {result.output}", markup=False)
+            tiles = f" ({result.tiles} tiles)" if result.tiles > 1 else ""
+            stderr.print(f"{result.status}: {result.input} -> {result.output}{tiles}", markup=False)
 
     def finish(self, results: list[batch.Result], seconds: float, as_json: bool) -> None:
         counts = {s: sum(r.status == s for r in results) for s in ("ok", "error", "skipped")}

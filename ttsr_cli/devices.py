@@ -15,6 +15,10 @@ SEARCH_SHARE = 0.25
 #: full speed, and a smaller working set leaves room for larger images.
 SEARCH_BUDGET_CAP = 1 << 30
 SEARCH_BUDGET_FLOOR = 64 << 20
+#: Share of free memory a whole upscale may use by default (network, search and blending):
+#: half, because free memory shrinks while other processes run and swapping costs more than
+#: a few extra tiles.
+MEMORY_SHARE = 0.5
 
 
 def _mps_available() -> bool:
@@ -79,6 +83,17 @@ def default_search_budget(device: torch.device) -> int:
     """Working-memory budget for the relevance search on ``device``, in bytes."""
     share = int(free_memory_bytes(device) * SEARCH_SHARE)
     return max(SEARCH_BUDGET_FLOOR, min(SEARCH_BUDGET_CAP, share))
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """Budget for a whole upscale on ``device``, in bytes, from what is free right now."""
+    return int(free_memory_bytes(device) * MEMORY_SHARE)
+
+
+def search_budget_within(budget: int) -> int:
+    """The relevance search's share of a whole-upscale budget, bounded as by default: below
+    the floor its blocks get so small that Python overhead dominates, for little memory."""
+    return max(SEARCH_BUDGET_FLOOR, min(SEARCH_BUDGET_CAP, int(budget * SEARCH_SHARE)))
 
 
 def parse_size(text: str) -> int:

@@ -11,42 +11,58 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ttsr_cli.devices import default_memory_budget, default_search_budget, search_budget_within
 from ttsr_cli.errors import InputError, TTSRError
 from ttsr_cli.imageio import ImageData, output_format, read_image, write_image
 from ttsr_cli.nn import TTSR
-from ttsr_cli.nn.ttsr import ReferenceFeatures
+from ttsr_cli.nn.ttsr import ReferenceFeatures, TTSROutput
+from ttsr_cli.pictures import (
+    attention_picture,
+    compare_sheet,
+    most_used_region,
+    source_picture,
+    to_8bit,
+)
+from ttsr_cli.tiles import DEFAULT_OVERLAP, Tile, core_slices, plan_tiles, ramp, tile_side
 
 SCALE = 4
 _UINT16_MAX = 65535
 
 
 def resize_bicubic(array: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Pillow bicubic resize, as the original's data pipeline does.
+    """Pillow bicubic resize, as the original's data pipeline does (see :func:`resize`)."""
+    return resize(array, width, height, Image.BICUBIC)
+
+
+def resize(array: np.ndarray, width: int, height: int, resample: int) -> np.ndarray:
+    """Pillow resize with filter ``resample``.
 
     8-bit arrays go through Pillow's 8-bit filter unchanged (bit-exact with the original).
-    16-bit arrays are resized plane by plane in Pillow's float mode ("F", the same bicubic
+    16-bit arrays are resized plane by plane in Pillow's float mode ("F", the same
     kernel) and rounded back to 16 bits: Pillow has no 16-bit colour mode, and its 8-bit one
     would throw away the precision a 16-bit file was saved for.
     """
     if array.dtype == np.uint8:
-        return np.asarray(Image.fromarray(array).resize((width, height), Image.BICUBIC))
+        return np.asarray(Image.fromarray(array).resize((width, height), resample))
     planes = array[..., None] if array.ndim == 2 else array
-    resized = [_resize_float(planes[..., c], width, height) for c in range(planes.shape[2])]
+    resized = [
+        _resize_float(planes[..., c], width, height, resample) for c in range(planes.shape[2])
+    ]
     out = np.clip(np.rint(np.stack(resized, axis=-1)), 0, _UINT16_MAX).astype(np.uint16)
     return out if array.ndim == 3 else out[..., 0]
 
 
-def _resize_float(plane: np.ndarray, width: int, height: int) -> np.ndarray:
+def _resize_float(plane: np.ndarray, width: int, height: int, resample: int) -> np.ndarray:
     image = Image.fromarray(plane.astype(np.float32))  # mode "F"
-    return np.asarray(image.resize((width, height), Image.BICUBIC))
+    return np.asarray(image.resize((width, height), resample))
 
 
 def to_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -79,8 +95,34 @@ def reference_pair(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ref, resize_bicubic(down, w, h)
 
 
+@dataclass
+class Upscaled:
+    """An x4 result with what the network decided, for pictures of it.
+
+    ``attention``: soft attention S (relevance of the best match), ``[h, w]`` at LR resolution.
+    ``source``: hard attention, the matched reference position per LR position, counted over
+    the references' lv3 grids (``grids``, ``(rows, columns)`` each) concatenated row-major.
+    ``tiles``: how many tiles the image was processed in (1: untiled).
+    """
+
+    sr: np.ndarray
+    attention: np.ndarray
+    source: np.ndarray
+    grids: list[tuple[int, int]]
+    tiles: int = 1
+
+
+TileCallback = Callable[[int, int], None]
+
+
 class Upscaler:
-    """Runs a TTSR model on images held as arrays, keeping references' features for reuse."""
+    """Runs a TTSR model on images held as arrays, keeping references' features for reuse.
+
+    ``memory_budget`` (bytes) bounds a whole upscale: the relevance search takes its share and,
+    when the network at 4x would not fit in the rest, the image is processed in overlapping
+    tiles (``tile`` forces a tile core side in LR pixels).  ``search_budget`` alone, without a
+    memory budget, bounds only the search, as before tiling existed.
+    """
 
     def __init__(
         self,
@@ -88,11 +130,21 @@ class Upscaler:
         device: torch.device,
         search_budget: int | None = None,
         precision: torch.dtype = torch.float32,
+        memory_budget: int | None = None,
+        tile: int | None = None,
+        overlap: int = DEFAULT_OVERLAP,
     ) -> None:
         self.model = model.to(device).eval()
         self.device = device
+        self.memory_budget = memory_budget
+        if search_budget is None and memory_budget is not None:
+            search_budget = search_budget_within(memory_budget)
         self.search_budget = search_budget
         self.precision = precision
+        self.tile = tile
+        self.overlap = overlap
+        #: Called with (tiles done, tiles in all) as a tiled image progresses.
+        self.on_tile: TileCallback | None = None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         """Reduced precision through autocast: the weights stay fp32, so ops autocast keeps in
@@ -110,36 +162,126 @@ class Upscaler:
                 to_tensor(ref_img, self.device), to_tensor(refsr_img, self.device)
             )
 
-    @torch.inference_mode()
     def upscale(
         self, lr: np.ndarray, references: Sequence[ReferenceFeatures] | None = None
     ) -> np.ndarray:
         """x4 super-resolution of ``lr`` (uint8 or uint16 ``[H, W, 3]``; the result has the same
         type).  Without references the image is its own reference (LR up-sampled), as the TTSR
         authors evaluate on Urban100 and Manga109."""
+        return self.upscale_detailed(lr, references).sr
+
+    @torch.inference_mode()
+    def upscale_detailed(
+        self, lr: np.ndarray, references: Sequence[ReferenceFeatures] | None = None
+    ) -> Upscaled:
+        """:meth:`upscale` with the attention maps; tiled when the budget asks for it."""
         h, w = lr.shape[:2]
         lrsr = resize_bicubic(lr, w * SCALE, h * SCALE)
         if not references:
             references = [self.encode_reference(lrsr)]
+        grids = [(int(r.key.shape[-2]), int(r.key.shape[-1])) for r in references]
+        core = self.tile_core(h, w, references)
+        if core is None:
+            out = self._run(lr, lrsr, references)
+            sr = to_image(out.sr, 16 if lr.dtype == np.uint16 else 8)
+            return Upscaled(sr, _attention(out), _source(out), grids)
+        return self._tiled(lr, lrsr, references, grids, plan_tiles(h, w, core, self.overlap))
+
+    def tile_core(
+        self, lr_height: int, lr_width: int, references: Sequence[ReferenceFeatures]
+    ) -> int | None:
+        """Tile core side in LR pixels for an image of this size, or None to run it whole."""
+        if self.tile is not None:
+            return self.tile if self.tile < max(lr_height, lr_width) else None
+        if self.memory_budget is None:
+            budget = default_memory_budget(self.device)  # references already left free memory
+        else:
+            budget = self.memory_budget - sum(_feature_bytes(r) for r in references)
+        budget -= self.search_budget or default_search_budget(self.device)
+        config = self.model.config
+        widths = (config.n_feats, config.lte_widths[0])
+        elem_size = torch.finfo(self.precision).bits // 8
+        return tile_side((lr_height, lr_width), budget, widths, self.overlap, elem_size)
+
+    def _run(
+        self, lr: np.ndarray, lrsr: np.ndarray, references: Sequence[ReferenceFeatures]
+    ) -> TTSROutput:
         with self._autocast():
-            out = self.model.upscale(
+            return self.model.upscale(
                 to_tensor(lr, self.device),
                 to_tensor(lrsr, self.device),
                 references,
                 self.search_budget,
             )
-        return to_image(out.sr, 16 if lr.dtype == np.uint16 else 8)
+
+    def _tiled(
+        self,
+        lr: np.ndarray,
+        lrsr: np.ndarray,
+        references: Sequence[ReferenceFeatures],
+        grids: list[tuple[int, int]],
+        tiles: list[Tile],
+    ) -> Upscaled:
+        """Each tile reads its LR crop and the same crop of the whole image's LR-up, so it sees
+        exactly the untiled inputs; outputs are cross-faded, maps taken from tile cores."""
+        h, w = lr.shape[:2]
+        total = torch.zeros(3, h * SCALE, w * SCALE)
+        attention = np.zeros((h, w), np.float32)
+        source = np.zeros((h, w), np.int64)
+        for done, tile in enumerate(tiles, 1):
+            ys, xs = slice(tile.y.read0, tile.y.read1), slice(tile.x.read0, tile.x.read1)
+            hr_ys = slice(ys.start * SCALE, ys.stop * SCALE)
+            hr_xs = slice(xs.start * SCALE, xs.stop * SCALE)
+            out = self._run(lr[ys, xs], lrsr[hr_ys, hr_xs], references)
+            weight = np.outer(
+                ramp(tile.y, h, self.overlap, SCALE), ramp(tile.x, w, self.overlap, SCALE)
+            )
+            total[:, hr_ys, hr_xs] += out.sr[0].float().cpu() * torch.from_numpy(weight)
+            core = core_slices(tile)
+            cy, cx = slice(tile.y.core0, tile.y.core1), slice(tile.x.core0, tile.x.core1)
+            attention[cy, cx] = _attention(out)[core]
+            source[cy, cx] = _source(out)[core]
+            if self.on_tile is not None:
+                self.on_tile(done, len(tiles))
+        sr = to_image(total.unsqueeze(0), 16 if lr.dtype == np.uint16 else 8)
+        return Upscaled(sr, attention, source, grids, len(tiles))
 
     def upscale_image(
-        self, image: ImageData, references: Sequence[ReferenceFeatures] | None = None
-    ) -> ImageData:
+        self,
+        image: ImageData,
+        references: Sequence[ReferenceFeatures] | None = None,
+        outscale: float | None = None,
+    ) -> tuple[ImageData, Upscaled]:
         """x4 of a decoded file: colour through the network, alpha by bicubic (the network
-        knows nothing of transparency); depth, profile and greyness carried over."""
-        sr = self.upscale(image.rgb, references)
+        knows nothing of transparency); depth, profile and greyness carried over.  With
+        ``outscale`` the x4 result is then resized with Lanczos to ``outscale`` x the input."""
+        result = self.upscale_detailed(image.rgb, references)
+        sr = result.sr
+        if outscale is not None:
+            sr = resize(sr, *final_size(image.size, outscale), Image.LANCZOS)
         alpha = image.alpha
         if alpha is not None:
             alpha = resize_bicubic(alpha, sr.shape[1], sr.shape[0])
-        return replace(image, rgb=sr, alpha=alpha)
+        return replace(image, rgb=sr, alpha=alpha), result
+
+
+def final_size(size: tuple[int, int], outscale: float) -> tuple[int, int]:
+    """``(width, height)`` of an input of ``size`` at ``outscale`` (at least one pixel)."""
+    return tuple(max(1, round(side * outscale)) for side in size)  # type: ignore[return-value]
+
+
+def _attention(out: TTSROutput) -> np.ndarray:
+    return out.S[0, 0].float().cpu().numpy()
+
+
+def _source(out: TTSROutput) -> np.ndarray:
+    h, w = out.S.shape[-2:]
+    return out.hard_index[0].view(h, w).cpu().numpy()
+
+
+def _feature_bytes(features: ReferenceFeatures) -> int:
+    tensors = (features.key, *features.values)
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def load_reference(upscaler: Upscaler, path: Path) -> ReferenceFeatures:
@@ -187,17 +329,72 @@ class ReferenceCache:
         return found
 
 
+@dataclass(frozen=True)
+class UpscaleOptions:
+    """What to write besides the x4 image.
+
+    ``outscale``: final scale (the x4 result resized with Lanczos); ``attention_dir``: folder
+    for ``STEM_attention.png`` and ``STEM_source.png``; ``compare``: ``STEM_compare.png``
+    beside the output.
+    """
+
+    outscale: float | None = None
+    attention_dir: Path | None = None
+    compare: bool = False
+
+
+@dataclass(frozen=True)
+class Written:
+    """What :func:`upscale_file` wrote: the output's ``(width, height)`` and the tile count."""
+
+    size: tuple[int, int]
+    tiles: int
+
+
 def upscale_file(
     upscaler: Upscaler,
     source: Path,
     destination: Path,
     references: Sequence[ReferenceFeatures] | None = None,
     quality: int = 95,
-) -> tuple[int, int]:
-    """Upscale one image file into ``destination`` (written atomically); returns its size."""
+    options: UpscaleOptions = UpscaleOptions(),
+    reference_paths: Sequence[Path] = (),
+) -> Written:
+    """Upscale one image file into ``destination`` (written atomically), with the pictures
+    ``options`` ask for.  ``reference_paths``: the files ``references`` were encoded from
+    (none: the image is its own reference), for the comparison sheet."""
     if destination.resolve() == source.resolve():
         raise InputError(f"{source}: refusing to overwrite the input with its own output")
     output_format(destination)
-    sr = upscaler.upscale_image(read_image(source), references)
+    image = read_image(source)
+    sr, result = upscaler.upscale_image(image, references, options.outscale)
     write_image(destination, sr, quality)
-    return sr.size
+    if options.attention_dir is not None:
+        _write_maps(options.attention_dir, source.stem, result, sr.size)
+    if options.compare:
+        ref = _compare_reference(image.rgb, reference_paths, result)
+        panels = [("bicubic x4", _bicubic_x4(image.rgb)), ("ttsr", result.sr), ("reference", ref)]
+        _write_png(destination.parent / f"{source.stem}_compare.png", compare_sheet(panels))
+    return Written(sr.size, result.tiles)
+
+
+def _write_maps(folder: Path, stem: str, result: Upscaled, size: tuple[int, int]) -> None:
+    _write_png(folder / f"{stem}_attention.png", attention_picture(result.attention, size))
+    _write_png(folder / f"{stem}_source.png", source_picture(result.source, result.grids, size))
+
+
+def _bicubic_x4(lr: np.ndarray) -> np.ndarray:
+    return resize_bicubic(lr, lr.shape[1] * SCALE, lr.shape[0] * SCALE)
+
+
+def _compare_reference(lr: np.ndarray, paths: Sequence[Path], result: Upscaled) -> np.ndarray:
+    """The reference window the hard attention used most, at the output's scale."""
+    number, top, left, height, width = most_used_region(result.source, result.grids)
+    ref = read_image(paths[number]).rgb if paths else _bicubic_x4(lr)
+    rows = slice(top * SCALE, (top + height) * SCALE)
+    return ref[rows, left * SCALE : (left + width) * SCALE]
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_image(path, ImageData(rgb=to_8bit(rgb)))
