@@ -337,3 +337,16 @@ def test_cufed5_test_tree_is_recognised_for_validation(tmp_path: Path) -> None:
     samples = list_samples(info, tmp_path)
     assert [s.references[0].name for s in samples] == ["000_1.png", "001_1.png"]
     assert folder_info(tmp_path.parent).references == "self"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_steps_run_and_resume(photos: Path, tmp_path: Path, precision: str):
+    """Autocast paths (fp16 with loss scaling, whose state is checkpointed) train on CPU."""
+    run = tmp_path / precision
+    train(options(photos, run, steps=2, precision=precision, patch_size=32))
+    train(options(photos, run, steps=3, precision=precision, patch_size=32, resume=True))
+    records = step_records(run)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(np.isfinite(r["loss"]) for r in records)
+    state = torch.load(run / "checkpoints" / "step-3.pt", weights_only=True)
+    assert ("scale" in state["scaler"]) == (precision == "fp16")

@@ -163,6 +163,8 @@ class Trainer:
             betas=(0.9, 0.999),
             eps=1e-8,
         )
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=opts.precision == "fp16")
         decay = opts.lr_decay_steps or 10**12
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, decay, opts.lr_gamma)
         self.critic = self.critic_optimizer = None
@@ -237,8 +239,9 @@ class Trainer:
             terms["adv"] = generator_adversarial_loss(self.critic, out.sr.float())
             self.critic.requires_grad_(True)
         loss = sum(weights[name] * value for name, value in terms.items())
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         self.step += 1
         logged.update({name: float(value.detach()) for name, value in terms.items()})
@@ -275,6 +278,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
         }
         if self.critic is not None:
             state["critic"] = self.critic.state_dict()
@@ -296,6 +300,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         if self.critic is not None:
             self.critic.load_state_dict(state["critic"])
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
