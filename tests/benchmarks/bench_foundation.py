@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
-import sys
 import time
+
+from harness import paper_upscaler, peak_rss_mib, random_images, run_child
 
 CASES = {
     "a": ((120, 80), (480, 320)),  # CUFED5 size
@@ -26,34 +26,19 @@ CASES = {
 
 
 def child(case: str) -> None:
-    import numpy as np
     import torch
 
-    from ttsr_cli.nn import TTSR
-    from ttsr_cli.pipeline import Upscaler
-
     start = time.perf_counter()
-    (lw, lh), (rw, rh) = CASES[case]
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    lr = rng.integers(0, 256, (lh, lw, 3), dtype=np.uint8)
-    ref = rng.integers(0, 256, (rh, rw, 3), dtype=np.uint8)
-    upscaler = Upscaler(TTSR(), torch.device("cpu"))
+    (lw, lh), _ = CASES[case]
+    lr, ref = random_images(*CASES[case])
+    upscaler = paper_upscaler()
     t0 = time.perf_counter()
     sr = upscaler.upscale(lr, [upscaler.encode_reference(ref)])
     upscale_s = time.perf_counter() - t0
     assert sr.shape == (lh * 4, lw * 4, 3)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        json.dumps(
-            {
-                "upscale_s": upscale_s,
-                "process_s": time.perf_counter() - start,
-                "peak_mib": peak_mib,
-                "threads": torch.get_num_threads(),
-            }
-        )
-    )
+    record = {"upscale_s": upscale_s, "process_s": time.perf_counter() - start}
+    record.update(peak_mib=peak_rss_mib(), threads=torch.get_num_threads())
+    print(json.dumps(record))
 
 
 def main() -> None:
@@ -72,10 +57,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for case in args.case or sorted(CASES):
         (lw, lh), (rw, rh) = CASES[case]
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", case], check=True, capture_output=True, text=True
-        ).stdout
-        r = json.loads(out.strip().splitlines()[-1])
+        r = run_child(__file__, case, stderr=subprocess.PIPE)
         print(
             f"| {case} | {lw}x{lh} | {rw}x{rh} | {lw * lh} x {rw * rh // 16} | "
             f"{r['upscale_s']:.1f} | {r['process_s']:.1f} | {r['peak_mib'] / 1024:.2f} GiB |",

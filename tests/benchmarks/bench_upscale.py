@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
+
+from harness import paper_upscaler, peak_rss_mib, random_images, run_child
 
 BUDGET = 6 << 30
 CASES = {
@@ -30,32 +30,24 @@ CASES = {
 
 
 def child(case: str) -> None:
-    import numpy as np
     import torch
 
-    from ttsr_cli.nn import TTSR
-    from ttsr_cli.pipeline import Upscaler
-
     start = time.perf_counter()
-    (lw, lh), (rw, rh) = CASES[case]
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    lr = rng.integers(0, 256, (lh, lw, 3), dtype=np.uint8)
-    ref = rng.integers(0, 256, (rh, rw, 3), dtype=np.uint8)
-    upscaler = Upscaler(TTSR(), torch.device("cpu"), memory_budget=BUDGET)
+    (lw, lh), _ = CASES[case]
+    lr, ref = random_images(*CASES[case])
+    upscaler = paper_upscaler(memory_budget=BUDGET)
     t0 = time.perf_counter()
     upscaler.on_tile = lambda done, total: print(
-        f"tile {done}/{total} at {time.perf_counter() - t0:.0f} s, peak RSS "
-        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB",
+        f"tile {done}/{total} at {time.perf_counter() - t0:.0f} s, "
+        f"peak RSS {peak_rss_mib() / 1024:.2f} GiB",
         file=sys.stderr,
         flush=True,
     )
     result = upscaler.upscale_detailed(lr, [upscaler.encode_reference(ref)])
     upscale_s = time.perf_counter() - t0
     assert result.sr.shape == (lh * 4, lw * 4, 3)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     record = {"upscale_s": upscale_s, "process_s": time.perf_counter() - start}
-    record.update(peak_mib=peak_mib, tiles=result.tiles, threads=torch.get_num_threads())
+    record.update(peak_mib=peak_rss_mib(), tiles=result.tiles, threads=torch.get_num_threads())
     print(json.dumps(record))
 
 
@@ -71,9 +63,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for case in args.case or ["12mp-small-ref"]:
         (lw, lh), (rw, rh) = CASES[case]
-        command = [sys.executable, __file__, "--child", case]
-        out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
-        r = json.loads(out.strip().splitlines()[-1])
+        r = run_child(__file__, case)
         print(
             f"| {case} | {lw}x{lh} | {rw}x{rh} | {BUDGET >> 30} GiB | {r['tiles']} | "
             f"{r['upscale_s']:.0f} | {r['process_s']:.0f} | {r['peak_mib'] / 1024:.2f} GiB |",
