@@ -19,6 +19,12 @@ from ttsr_cli.evaluate import Benchmark, ImageResult, Report, Skipped, prepare, 
 from ttsr_cli.pipeline import UpscaleOptions, Upscaler
 from ttsr_cli.weights import load_model
 
+#: Options every command shares, declared once.
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on failure.")]
+DeviceOption = Annotated[
+    str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
+]
+
 app = typer.Typer(
     name="ttsr",
     help="Reference-based x4 super-resolution with the Texture Transformer Network (TTSR).",
@@ -126,9 +132,7 @@ def upscale(
         str | None,
         typer.Option(help="K/N: process only every N-th input from the K-th (sorted order)."),
     ] = None,
-    device: Annotated[
-        str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
-    ] = "auto",
+    device: DeviceOption = "auto",
     precision: Annotated[
         str, typer.Option(help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")
     ] = "auto",
@@ -162,9 +166,7 @@ def upscale(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Print a line for every image written.")
     ] = False,
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show full tracebacks on failure.")
-    ] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Upscale images x4 with texture transferred from one or more reference images.
 
@@ -309,7 +311,7 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Total epochs, instead of --steps.")] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per step and process.")] = 9,
     patch_size: Annotated[int, typer.Option(help="HR patch side in pixels (multiple of 4).")] = 160,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: DeviceOption = "auto",
     precision: Annotated[str, typer.Option(help="fp32, bf16 (autocast) or fp16 (GPU).")] = "fp32",
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
     resume: Annotated[
@@ -345,9 +347,7 @@ def train(
         int | None, typer.Option(help="Validate on the first N images only.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show full tracebacks on failure.")
-    ] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Train or fine-tune TTSR; run under torchrun for several processes (DDP)."""
     from ttsr_cli.train import TrainOptions, load_config
@@ -452,16 +452,12 @@ def evaluate(
     csv_file: Annotated[
         Path | None, typer.Option("--csv", help="Also write per-image results to this CSV.")
     ] = None,
-    device: Annotated[
-        str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
-    ] = "auto",
+    device: DeviceOption = "auto",
     max_memory: Annotated[
         str | None,
         typer.Option(help="Working memory for the reference search, e.g. 512MB or 2GB."),
     ] = None,
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show full tracebacks on failure.")
-    ] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Measure PSNR/SSIM of a model and of bicubic up-sampling on a benchmark dataset.
 
@@ -577,12 +573,8 @@ def match_ref(
     sheet: Annotated[
         Path | None, typer.Option(help="Write a contact sheet PNG: each input with its references.")
     ] = None,
-    device: Annotated[
-        str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
-    ] = "auto",
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show full tracebacks on failure.")
-    ] = False,
+    device: DeviceOption = "auto",
+    debug: DebugOption = False,
 ) -> None:
     """Rank a pool of images as references for each input, by the texture TTSR could borrow.
 
