@@ -294,10 +294,10 @@ def models(
 @app.command()
 def train(
     data: Annotated[
-        Path,
+        list[Path],
         typer.Option(
-            help="Training data: a CUFED tree (train/input, train/ref) or a folder "
-            "of photos (pairs are synthesised)."
+            help="Training data: a CUFED tree (train/input, train/ref) or folders "
+            "of photos (repeat --data; pairs are synthesised)."
         ),
     ],
     out: Annotated[

@@ -4,10 +4,14 @@ Two sources:
 
 * **CUFED layout** (``train/input`` + ``train/ref``, paired by sorted file name, as the
   original): HR is the whole input image, the reference is zero-padded to the patch size.
-* **A plain folder of photos**: pairs are synthesised on the fly.  HR is a random crop; the
-  reference is a crop of the same photo at a random offset, scale and rotation (so the true
-  texture is there to be found), and now and then a crop of another photo (so the network
-  also learns to rely on the soft attention when it is not).
+* **Folders of photos** (one or several): pairs are synthesised on the fly.  HR is a random
+  crop; the reference is, by share:
+
+  - a crop of the same photo within half a patch of it (so the true texture is there to be
+    found), either unwarped or at a random scale and rotation (as real references are);
+  - the LR crop's own bicubic upsampling (what ``ttsr upscale`` uses when no reference is
+    given), so the network learns that a blurred reference carries no texture worth copying;
+  - a crop of another photo, so it also learns to rely on soft attention when nothing matches.
 
 Every random choice of sample ``k`` derives from ``(seed, k)`` alone, so a run resumed from a
 checkpoint, or split over several processes, draws exactly the samples an uninterrupted
@@ -18,6 +22,7 @@ drawn independently for the LR/HR pair and for the reference.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +35,11 @@ from ttsr_cli.imageio import read_rgb
 from ttsr_cli.pipeline import SCALE, resize_bicubic
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-#: Share of synthesised pairs whose reference comes from another photo.
+#: Shares of synthesised pairs whose reference is another photo, the LR itself upsampled, or
+#: an unwarped crop of the same photo; the rest are warped crops of the same photo.
 OTHER_PHOTO_SHARE = 0.1
+SELF_REFERENCE_SHARE = 0.15
+UNWARPED_SHARE = 0.35
 MAX_ROTATION_DEG = 20.0
 SCALE_RANGE = (0.8, 1.25)
 
@@ -58,11 +66,15 @@ class Sample:
 class PairDataset(torch.utils.data.Dataset):
     """Training samples ``k = 0, 1, 2, ...``; ``len`` is one epoch (one sample per image)."""
 
-    def __init__(self, root: Path, patch_size: int, seed: int) -> None:
+    def __init__(self, roots: Path | Sequence[Path], patch_size: int, seed: int) -> None:
         if patch_size % SCALE or patch_size < 4 * SCALE:
             raise TTSRError(f"--patch-size must be a multiple of {SCALE} and at least 16")
-        self.root, self.patch, self.seed = root, patch_size, seed
-        self.cufed = is_cufed_layout(root)
+        roots = [roots] if isinstance(roots, Path) else list(roots)
+        self.patch, self.seed = patch_size, seed
+        self.cufed = any(is_cufed_layout(r) for r in roots)
+        if self.cufed and len(roots) > 1:
+            raise TTSRError("a CUFED tree is used alone: give one --data for it")
+        root = roots[0]
         if self.cufed:
             self.inputs = list_images(root / "train" / "input")
             self.refs = list_images(root / "train" / "ref")
@@ -72,9 +84,14 @@ class PairDataset(torch.utils.data.Dataset):
                     f"has {len(self.refs)}"
                 )
         else:
-            self.inputs = list_images(root) if root.is_dir() else []
-        if not self.inputs:
-            raise TTSRError(f"{root}: no training images (a CUFED tree or a folder of photos)")
+            self.inputs = []
+            for folder in roots:
+                found = list_images(folder) if folder.is_dir() else []
+                if not found:
+                    raise TTSRError(
+                        f"{folder}: no training images (a CUFED tree or a folder of photos)"
+                    )
+                self.inputs += found
         self._photos: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -113,22 +130,34 @@ class PairDataset(torch.utils.data.Dataset):
         y = int(rng.integers(0, photo.shape[0] - p + 1))
         x = int(rng.integers(0, photo.shape[1] - p + 1))
         hr = photo[y : y + p, x : x + p]
-        if len(self) > 1 and rng.random() < OTHER_PHOTO_SHARE:
+        kind = rng.random()
+        if kind < SELF_REFERENCE_SHARE:
+            return _degrade(hr, None, pad_to=p)
+        kind -= SELF_REFERENCE_SHARE
+        if len(self) > 1 and kind < OTHER_PHOTO_SHARE:
             other = (index + 1 + int(rng.integers(0, len(self) - 1))) % len(self)
             ref = _warped_crop(self._photo(other), None, p, rng)
         else:
-            ref = _warped_crop(photo, (y + p / 2, x + p / 2), p, rng)
+            warp = kind >= OTHER_PHOTO_SHARE + UNWARPED_SHARE
+            ref = _warped_crop(photo, (y + p / 2, x + p / 2), p, rng, warp)
         return _degrade(hr, ref, pad_to=p)
 
 
 def _warped_crop(
-    photo: np.ndarray, near: tuple[float, float] | None, size: int, rng: np.random.Generator
+    photo: np.ndarray,
+    near: tuple[float, float] | None,
+    size: int,
+    rng: np.random.Generator,
+    warp: bool = True,
 ) -> np.ndarray:
-    """A ``size`` x ``size`` view of ``photo`` at a random scale and rotation, centred within
-    half a patch of ``near`` (anywhere when ``near`` is None)."""
+    """A ``size`` x ``size`` view of ``photo`` (at a random scale and rotation when ``warp``),
+    centred within half a patch of ``near`` (anywhere when ``near`` is None)."""
     h, w = photo.shape[:2]
-    scale = math.exp(rng.uniform(math.log(SCALE_RANGE[0]), math.log(SCALE_RANGE[1])))
-    angle = math.radians(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
+    if warp:
+        scale = math.exp(rng.uniform(math.log(SCALE_RANGE[0]), math.log(SCALE_RANGE[1])))
+        angle = math.radians(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG))
+    else:
+        scale, angle = 1.0, 0.0
     half = size * scale / 2
     if near is None:
         cy, cx = rng.uniform(half, max(half, h - half)), rng.uniform(half, max(half, w - half))
@@ -145,12 +174,15 @@ def _warped_crop(
     return np.asarray(image)
 
 
-def _degrade(hr: np.ndarray, ref: np.ndarray, pad_to: int) -> Sample:
+def _degrade(hr: np.ndarray, ref: np.ndarray | None, pad_to: int) -> Sample:
     """LR, LR-up and Ref-down-up made with Pillow bicubic on uint8, as the original does; the
-    reference is zero-padded to ``pad_to`` so samples batch together (as the original)."""
+    reference is zero-padded to ``pad_to`` so samples batch together (as the original).
+    ``ref=None`` makes the LR-up its own reference, as ``ttsr upscale`` does without one."""
     h, w = hr.shape[:2]
     lr = resize_bicubic(hr, w // SCALE, h // SCALE)
     lrsr = resize_bicubic(lr, w, h)
+    if ref is None:
+        ref = lrsr
     rh, rw = ref.shape[0] // SCALE * SCALE, ref.shape[1] // SCALE * SCALE
     ref = ref[:rh, :rw]
     refsr = resize_bicubic(resize_bicubic(ref, rw // SCALE, rh // SCALE), rw, rh)

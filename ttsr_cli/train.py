@@ -18,7 +18,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +64,7 @@ _CHECKPOINT = re.compile(r"step-(\d+)\.pt$")
 class TrainOptions:
     """Everything ``ttsr train`` accepts; defaults are the paper's."""
 
-    data: Path
+    data: Path | Sequence[Path]
     out: Path
     config: TTSRConfig = field(default_factory=TTSRConfig)
     preset: str = "rec"
