@@ -92,17 +92,22 @@ class Result:
     seconds: float = 0.0
     size: tuple[int, int] | None = None
     tiles: int = 1
+    search: str | None = None
     traceback: str | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        """The JSON record: ``input, output, status, error, seconds``."""
-        return {
+        """The JSON record: ``input, output, status, error, seconds``, and for a written image
+        the relevance ``search`` used (exact or fast) and its ``tiles``."""
+        record = {
             "input": str(self.input),
             "output": None if self.output is None else str(self.output),
             "status": self.status,
             "error": self.error,
             "seconds": round(self.seconds, 3),
         }
+        if self.search is not None:
+            record.update(search=self.search, tiles=self.tiles)
+        return record
 
 
 def image_extensions() -> frozenset[str]:
@@ -390,7 +395,8 @@ def _run_one(upscaler: Upscaler, cache: ReferenceCache, job: Job, outputs: Outpu
         seconds = time.perf_counter() - start
         return Result(job.source, None, "error", reason, seconds, traceback=traceback.format_exc())
     seconds = time.perf_counter() - start
-    return Result(job.source, job.destination, "ok", None, seconds, written.size, written.tiles)
+    size, tiles, search = written.size, written.tiles, written.search
+    return Result(job.source, job.destination, "ok", None, seconds, size, tiles, search)
 
 
 def _first_line(exc: BaseException) -> str:

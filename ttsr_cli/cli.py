@@ -24,6 +24,13 @@ DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks
 DeviceOption = Annotated[
     str, typer.Option(help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
 ]
+SearchOption = Annotated[
+    str,
+    typer.Option(
+        help="Relevance search: exact (the paper's), fast (coarse-to-fine, time linear in the "
+        "image size, slightly approximate) or auto (exact unless that would take long)."
+    ),
+]
 
 app = typer.Typer(
     name="ttsr",
@@ -147,6 +154,7 @@ def upscale(
         int | None,
         typer.Option(min=8, help="Force tiles of this many LR pixels a side (default: by budget)."),
     ] = None,
+    search: SearchOption = "auto",
     outscale: Annotated[
         float | None,
         typer.Option(min=0.01, help="Final scale: the x4 result resized with Lanczos, e.g. 2."),
@@ -194,7 +202,9 @@ def upscale(
         budget = parse_size(max_memory) if max_memory else None
         batch.check_references(jobs)
         checkpoint = load_model(registry.resolve(model, weights), target)
-        upscaler = Upscaler(checkpoint, target, precision=dtype, memory_budget=budget, tile=tile)
+        upscaler = Upscaler(
+            checkpoint, target, precision=dtype, memory_budget=budget, tile=tile, search=search
+        )
         report = _Report(len(jobs), quiet, verbose, debug, str(target))
         upscaler.on_tile = report.tile
         with report:
@@ -240,8 +250,11 @@ class _Report:
                 stderr.print(result.traceback, markup=False, highlight=False)
             error(f"{result.input}: {result.error}")
         elif self.verbose and not self.quiet:
-            tiles = f" ({result.tiles} tiles)" if result.tiles > 1 else ""
-            stderr.print(f"{result.status}: {result.input} -> {result.output}{tiles}", markup=False)
+            notes = [f"{result.tiles} tiles"] if result.tiles > 1 else []
+            notes += ["fast search"] if result.search == "fast" else []
+            detail = f" ({', '.join(notes)})" if notes else ""
+            line = f"{result.status}: {result.input} -> {result.output}{detail}"
+            stderr.print(line, markup=False)
 
     def finish(self, results: list[batch.Result], seconds: float, as_json: bool) -> None:
         counts = {s: sum(r.status == s for r in results) for s in ("ok", "error", "skipped")}
@@ -457,6 +470,7 @@ def evaluate(
         str | None,
         typer.Option(help="Working memory for the reference search, e.g. 512MB or 2GB."),
     ] = None,
+    search: SearchOption = "exact",
     debug: DebugOption = False,
 ) -> None:
     """Measure PSNR/SSIM of a model and of bicubic up-sampling on a benchmark dataset.
@@ -476,6 +490,7 @@ def evaluate(
             limit=limit,
             device=target,
             search_budget=budget,
+            search=search,
         )
         report = _run_with_progress(benchmark, save_images, show=not json_output)
         if csv_file is not None:

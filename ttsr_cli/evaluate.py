@@ -102,6 +102,7 @@ def prepare(
     limit: int | None = None,
     device: torch.device | None = None,
     search_budget: int | None = None,
+    search: str = "exact",
 ) -> Benchmark:
     """Resolve the dataset (downloading it if no folder is given), list its samples and
     load the model; every configuration problem surfaces here, before any image is run."""
@@ -114,7 +115,7 @@ def prepare(
     upscaler = None
     if weights is not None:
         target = device or torch.device("cpu")
-        upscaler = Upscaler(load_model(weights, target), target, search_budget)
+        upscaler = Upscaler(load_model(weights, target), target, search_budget, search=search)
     return Benchmark(info.name, protocol, samples, upscaler)
 
 

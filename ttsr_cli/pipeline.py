@@ -23,7 +23,8 @@ from ttsr_cli.devices import default_memory_budget, default_search_budget, searc
 from ttsr_cli.errors import InputError, TTSRError
 from ttsr_cli.imageio import ImageData, output_format, read_image, write_image
 from ttsr_cli.nn import TTSR
-from ttsr_cli.nn.ttsr import ReferenceFeatures, TTSROutput
+from ttsr_cli.nn.fast_search import choose_search
+from ttsr_cli.nn.ttsr import SEARCHES, ReferenceFeatures, TTSROutput
 from ttsr_cli.pictures import (
     attention_picture,
     compare_sheet,
@@ -102,7 +103,8 @@ class Upscaled:
     ``attention``: soft attention S (relevance of the best match), ``[h, w]`` at LR resolution.
     ``source``: hard attention, the matched reference position per LR position, counted over
     the references' lv3 grids (``grids``, ``(rows, columns)`` each) concatenated row-major.
-    ``tiles``: how many tiles the image was processed in (1: untiled).
+    ``tiles``: how many tiles the image was processed in (1: untiled).  ``search``: the
+    relevance search used (exact or fast).
     """
 
     sr: np.ndarray
@@ -110,6 +112,7 @@ class Upscaled:
     source: np.ndarray
     grids: list[tuple[int, int]]
     tiles: int = 1
+    search: str = "exact"
 
 
 TileCallback = Callable[[int, int], None]
@@ -121,7 +124,8 @@ class Upscaler:
     ``memory_budget`` (bytes) bounds a whole upscale: the relevance search takes its share and,
     when the network at 4x would not fit in the rest, the image is processed in overlapping
     tiles (``tile`` forces a tile core side in LR pixels).  ``search_budget`` alone, without a
-    memory budget, bounds only the search, as before tiling existed.
+    memory budget, bounds only the search, as before tiling existed.  ``search``: exact, fast,
+    or auto (exact unless that would cost more than ``AUTO_EXACT_MACS``, decided per image).
     """
 
     def __init__(
@@ -133,8 +137,12 @@ class Upscaler:
         memory_budget: int | None = None,
         tile: int | None = None,
         overlap: int = DEFAULT_OVERLAP,
+        search: str = "exact",
     ) -> None:
+        if search not in (*SEARCHES, "auto"):
+            raise TTSRError(f"unknown search '{search}' (use exact, fast or auto)")
         self.model = model.to(device).eval()
+        self.search = search
         self.device = device
         self.memory_budget = memory_budget
         if search_budget is None and memory_budget is not None:
@@ -180,12 +188,22 @@ class Upscaler:
         if not references:
             references = [self.encode_reference(lrsr)]
         grids = [(int(r.key.shape[-2]), int(r.key.shape[-1])) for r in references]
+        search = self.search_for(h * w, sum(gh * gw for gh, gw in grids))
         core = self.tile_core(h, w, references)
         if core is None:
-            out = self._run(lr, lrsr, references)
+            out = self._run(lr, lrsr, references, search)
             sr = to_image(out.sr, 16 if lr.dtype == np.uint16 else 8)
-            return Upscaled(sr, _attention(out), _source(out), grids)
-        return self._tiled(lr, lrsr, references, grids, plan_tiles(h, w, core, self.overlap))
+            return Upscaled(sr, _attention(out), _source(out), grids, search=search)
+        tiles = plan_tiles(h, w, core, self.overlap)
+        return self._tiled(lr, lrsr, references, grids, tiles, search)
+
+    def search_for(self, query_positions: int, key_positions: int) -> str:
+        """The search one image gets: as asked, or for auto chosen from the whole image's
+        size (so all its tiles are searched alike)."""
+        if self.search != "auto":
+            return self.search
+        channels = self.model.config.lte_widths[2]
+        return choose_search(query_positions, key_positions, channels)
 
     def tile_core(
         self, lr_height: int, lr_width: int, references: Sequence[ReferenceFeatures]
@@ -204,7 +222,11 @@ class Upscaler:
         return tile_side((lr_height, lr_width), budget, widths, self.overlap, elem_size)
 
     def _run(
-        self, lr: np.ndarray, lrsr: np.ndarray, references: Sequence[ReferenceFeatures]
+        self,
+        lr: np.ndarray,
+        lrsr: np.ndarray,
+        references: Sequence[ReferenceFeatures],
+        search: str,
     ) -> TTSROutput:
         with self._autocast():
             return self.model.upscale(
@@ -212,6 +234,7 @@ class Upscaler:
                 to_tensor(lrsr, self.device),
                 references,
                 self.search_budget,
+                search,
             )
 
     def _tiled(
@@ -221,6 +244,7 @@ class Upscaler:
         references: Sequence[ReferenceFeatures],
         grids: list[tuple[int, int]],
         tiles: list[Tile],
+        search: str,
     ) -> Upscaled:
         """Each tile reads its LR crop and the same crop of the whole image's LR-up, so it sees
         exactly the untiled inputs; outputs are cross-faded, maps taken from tile cores."""
@@ -232,7 +256,7 @@ class Upscaler:
             ys, xs = slice(tile.y.read0, tile.y.read1), slice(tile.x.read0, tile.x.read1)
             hr_ys = slice(ys.start * SCALE, ys.stop * SCALE)
             hr_xs = slice(xs.start * SCALE, xs.stop * SCALE)
-            out = self._run(lr[ys, xs], lrsr[hr_ys, hr_xs], references)
+            out = self._run(lr[ys, xs], lrsr[hr_ys, hr_xs], references, search)
             weight = np.outer(
                 ramp(tile.y, h, self.overlap, SCALE), ramp(tile.x, w, self.overlap, SCALE)
             )
@@ -244,7 +268,7 @@ class Upscaler:
             if self.on_tile is not None:
                 self.on_tile(done, len(tiles))
         sr = to_image(total.unsqueeze(0), 16 if lr.dtype == np.uint16 else 8)
-        return Upscaled(sr, attention, source, grids, len(tiles))
+        return Upscaled(sr, attention, source, grids, len(tiles), search)
 
     def upscale_image(
         self,
@@ -345,10 +369,12 @@ class UpscaleOptions:
 
 @dataclass(frozen=True)
 class Written:
-    """What :func:`upscale_file` wrote: the output's ``(width, height)`` and the tile count."""
+    """What :func:`upscale_file` wrote: the output's ``(width, height)``, the tile count and
+    the search used."""
 
     size: tuple[int, int]
     tiles: int
+    search: str
 
 
 def upscale_file(
@@ -375,7 +401,7 @@ def upscale_file(
         ref = _compare_reference(image.rgb, reference_paths, result)
         panels = [("bicubic x4", _bicubic_x4(image.rgb)), ("ttsr", result.sr), ("reference", ref)]
         _write_png(destination.parent / f"{source.stem}_compare.png", compare_sheet(panels))
-    return Written(sr.size, result.tiles)
+    return Written(sr.size, result.tiles, result.search)
 
 
 def _write_maps(folder: Path, stem: str, result: Upscaled, size: tuple[int, int]) -> None:

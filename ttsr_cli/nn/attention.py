@@ -19,7 +19,7 @@ takes its best match across all of them, and indices run over their positions co
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -253,19 +253,24 @@ def _fold_matches(
     return out.permute(2, 0, 3, 1, 4).reshape(c, h * s, w * s) / (PATCH * PATCH)
 
 
+SearchFn = Callable[[torch.Tensor, Sequence[torch.Tensor], int], Correspondence]
+
+
 def search_and_transfer(
     query: torch.Tensor,
     keys: Sequence[torch.Tensor],
     values: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     budget_bytes: int,
+    search: SearchFn = relevance_search,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Relevance search, then soft attention S and the transferred textures T_lv3, T_lv2, T_lv1.
 
-    ``values``: per reference, its LTE features ``(lv1, lv2, lv3)``.
+    ``values``: per reference, its LTE features ``(lv1, lv2, lv3)``.  ``search``: the exact
+    search, or an approximation with the same contract (``nn.fast_search``).
     Returns ``(S, T_lv3, T_lv2, T_lv1, hard_index)``.
     """
     h, w = query.shape[-2:]
-    match = relevance_search(query, keys, budget_bytes)
+    match = search(query, keys, budget_bytes)
     t_lv3 = transfer([v[2] for v in values], match.index, (h, w), 1)
     t_lv2 = transfer([v[1] for v in values], match.index, (h, w), 2)
     t_lv1 = transfer([v[0] for v in values], match.index, (h, w), 4)

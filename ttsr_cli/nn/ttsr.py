@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ttsr_cli.devices import default_search_budget
-from ttsr_cli.nn.attention import search_and_transfer
+from ttsr_cli.nn.attention import relevance_search, search_and_transfer
+from ttsr_cli.nn.fast_search import fast_relevance_search
 from ttsr_cli.nn.lte import LTE
 from ttsr_cli.nn.mainnet import MainNet
 
@@ -59,6 +60,11 @@ class TTSRConfig:
         if unknown:
             raise ValueError(f"unknown configuration field(s): {', '.join(sorted(unknown))}")
         return cls(**data)
+
+
+#: Relevance searches by name: ``exact`` is the paper's; ``fast`` approximates it in time
+#: linear in the image size (see ``nn.fast_search``).
+SEARCHES = {"exact": relevance_search, "fast": fast_relevance_search}
 
 
 @dataclass
@@ -108,19 +114,25 @@ class TTSR(nn.Module):
         lrsr: torch.Tensor,
         references: Sequence[ReferenceFeatures],
         search_budget: int | None = None,
+        search: str = "exact",
     ) -> TTSROutput:
         """Super-resolve ``lr`` with textures from one or more encoded references.
 
         With several references every LR patch takes its best match across all of them.
         ``search_budget`` bounds the relevance search's working memory in bytes (default: a
-        share of the device's free memory); it never changes the result.
+        share of the device's free memory); it never changes the result.  ``search`` names
+        one of :data:`SEARCHES`.
         """
         if not references:
             raise ValueError("at least one reference is needed")
         budget = search_budget or default_search_budget(lr.device)
         query = self.LTE.lv3((lrsr + 1) / 2)
         S, t_lv3, t_lv2, t_lv1, index = search_and_transfer(
-            query, [r.key for r in references], [r.values for r in references], budget
+            query,
+            [r.key for r in references],
+            [r.values for r in references],
+            budget,
+            SEARCHES[search],
         )
         sr = self.MainNet(lr, S, t_lv3, t_lv2, t_lv1)
         if self.config.global_skip:

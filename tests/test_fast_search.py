@@ -1,0 +1,99 @@
+"""The fast (coarse-to-fine) search: valid, self-consistent and close to the exact search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_attention import dense_search
+
+from conftest import sample_image
+from ttsr_cli.nn import fast_search
+from ttsr_cli.nn.attention import relevance_search
+from ttsr_cli.nn.fast_search import choose_search, fast_relevance_search
+from ttsr_cli.nn.lte import LTE
+from ttsr_cli.pipeline import resize_bicubic
+
+BUDGET = 1 << 26
+
+
+def lv3(lte: LTE, rgb: np.ndarray) -> torch.Tensor:
+    with torch.no_grad():
+        return lte.lv3(torch.from_numpy(rgb.copy()).permute(2, 0, 1).float()[None] / 255)
+
+
+def down_up(rgb: np.ndarray) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    return resize_bicubic(resize_bicubic(rgb, w // 4, h // 4), w, h)
+
+
+@pytest.fixture(scope="module")
+def photo_pair() -> tuple[torch.Tensor, torch.Tensor]:
+    """LR-up and Ref-down-up features of two overlapping crops of a real photo."""
+    torch.manual_seed(0)
+    lte = LTE((16, 32, 64)).eval()
+    image = sample_image("astronaut")
+    return lv3(lte, down_up(image[:320, :384])), lv3(lte, down_up(image[96:448, 64:480]))
+
+
+def relevance(query: torch.Tensor, keys: list[torch.Tensor]) -> torch.Tensor:
+    """Dense cosine relevance ``[query positions, key positions]`` (keys concatenated)."""
+    q = F.normalize(F.unfold(query, 3, padding=1)[0], dim=0)
+    k = torch.cat([F.normalize(F.unfold(key, 3, padding=1)[0], dim=0) for key in keys], dim=1)
+    return q.t() @ k
+
+
+def test_small_references_are_searched_exactly() -> None:
+    query, key = torch.rand(1, 8, 20, 30), torch.rand(1, 8, 40, 50)
+    assert fast_search.EXACT_KEYS >= 40 * 50
+    fast = fast_relevance_search(query, [key], BUDGET)
+    index, score = dense_search(query, key)
+    assert torch.equal(fast.index, index)
+    torch.testing.assert_close(fast.score, score)
+
+
+def test_fast_matches_are_real_and_almost_as_relevant(photo_pair) -> None:
+    query, key = photo_pair
+    assert key.shape[-2] * key.shape[-1] > fast_search.EXACT_KEYS  # the coarse-to-fine path
+    fast = fast_relevance_search(query, [key], BUDGET)
+    exact = relevance_search(query, [key], BUDGET)
+    dense = relevance(query, [key])
+    chosen = dense.gather(1, fast.index.view(-1, 1)).view_as(fast.score)
+    # The reported soft attention is the relevance of the reported match, never above the best.
+    torch.testing.assert_close(fast.score, chosen, atol=1e-5, rtol=1e-5)
+    assert bool((fast.score <= exact.score + 1e-5).all())
+    assert (fast.index == exact.index).float().mean() > 0.7
+    assert (exact.score - fast.score).mean() < 2e-3
+
+
+def test_self_reference_finds_every_patch_itself(photo_pair) -> None:
+    query, _ = photo_pair
+    fast = fast_relevance_search(query, [query], BUDGET)
+    assert fast.score.min() > 1 - 1e-5
+
+
+def test_several_references_index_their_union(photo_pair) -> None:
+    """A reference smaller than a search window, and one holding the query's true texture."""
+    query, key = photo_pair
+    tiny = key[..., :3, :5]
+    fast = fast_relevance_search(query, [tiny, key], BUDGET)
+    total = tiny.shape[-2] * tiny.shape[-1] + key.shape[-2] * key.shape[-1]
+    assert int(fast.index.min()) >= 0 and int(fast.index.max()) < total
+    dense = relevance(query, [tiny, key])
+    chosen = dense.gather(1, fast.index.view(-1, 1)).view_as(fast.score)
+    torch.testing.assert_close(fast.score, chosen, atol=1e-5, rtol=1e-5)
+    alone = fast_relevance_search(query, [key], BUDGET)
+    assert fast.score.mean() >= alone.score.mean() - 1e-3
+
+
+def test_batches_search_each_image_against_a_shared_reference(photo_pair) -> None:
+    query, key = photo_pair
+    both = fast_relevance_search(torch.cat([query, query.flip(-1)]), [key], BUDGET)
+    first = fast_relevance_search(query, [key], BUDGET)
+    assert torch.equal(both.index[:1], first.index)
+
+
+def test_auto_goes_fast_only_where_exact_would_be_slow() -> None:
+    assert choose_search(120 * 80, 120 * 80, 256) == "exact"  # CUFED5 size
+    assert choose_search(1000 * 750, 1000 * 750, 64) == "fast"  # 12-megapixel output

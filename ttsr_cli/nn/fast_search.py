@@ -1,0 +1,232 @@
+"""Fast approximate relevance search (``--search fast``): coarse-to-fine candidate matching.
+
+The exact search (:func:`ttsr_cli.nn.attention.relevance_search`) scores every LR patch
+against every reference patch, so its cost grows with the product of the two sizes: a
+12-megapixel output against a 12-megapixel reference is ~10^12 patch pairs.  Like MASA-SR's
+coarse-to-fine matching, this search
+
+1. average-pools both feature maps by :data:`FACTOR` and matches the pooled maps, recursively,
+   until the reference has at most :data:`EXACT_KEYS` positions, where the exact search runs;
+2. at each finer level gives every pooled query cell a few candidate reference windows: the
+   window under its own coarse match and under the matches its eight neighbours imply for it
+   (a neighbour matched at ``m`` suggests ``m`` minus the offset between them, as PatchMatch
+   propagates), each widened by :data:`MARGIN` positions;
+3. scores each query patch exactly (cosine of 3x3 patches, as the paper) against those
+   candidates only and keeps the best.
+
+Work per query position is fixed (9 windows of ``(FACTOR + 2 MARGIN)^2`` positions), so the
+cost grows linearly with the image and (at the coarsest level only) with the reference.  The
+result is a true local optimum over the candidates; where it differs from the exact arg-max
+the patch it picks scores almost as high, so the transferred texture is nearly the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ttsr_cli.nn.attention import Correspondence, _patch_norms, relevance_search
+
+FACTOR = 4
+MARGIN = 1
+#: References with at most this many lv3 positions (64 x 64) are searched exactly.
+EXACT_KEYS = 4096
+#: ``--search auto`` stays exact up to this many multiply-adds in the search (a few seconds on
+#: a laptop CPU), and goes fast beyond: there the exact search grows with the product of sizes.
+AUTO_EXACT_MACS = 5e11
+_OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+
+
+def choose_search(query_positions: int, key_positions: int, channels: int) -> str:
+    """``exact`` or ``fast`` for ``--search auto``, from the exact search's cost."""
+    return "exact" if query_positions * key_positions * channels <= AUTO_EXACT_MACS else "fast"
+
+
+def fast_relevance_search(
+    query: torch.Tensor, keys: Sequence[torch.Tensor], budget_bytes: int
+) -> Correspondence:
+    """Approximate hard and soft attention; same inputs and outputs as the exact search."""
+    n, _, h, w = query.shape
+    if sum(k.shape[-2] * k.shape[-1] for k in keys) <= EXACT_KEYS:
+        return relevance_search(query, keys, budget_bytes)
+    index = torch.empty(n, h * w, dtype=torch.long, device=query.device)
+    score = torch.empty(n, 1, h, w, dtype=query.dtype, device=query.device)
+    for b in range(n):
+        references = [k[b if k.shape[0] > 1 else 0] for k in keys]
+        best, value = _search(query[b], references, budget_bytes)
+        index[b] = best.view(-1)
+        score[b, 0] = value / _patch_norms(query[b])
+    return Correspondence(index=index, score=score)
+
+
+def _search(
+    query: torch.Tensor, keys: list[torch.Tensor], budget_bytes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best key position (over ``keys`` concatenated) for each query position, ``[H, W]``,
+    and its relevance un-normalised by the query patch norm."""
+    if sum(k.shape[-2] * k.shape[-1] for k in keys) <= EXACT_KEYS or min(query.shape[-2:]) < 2:
+        match = relevance_search(query[None], [k[None] for k in keys], budget_bytes)
+        h, w = query.shape[-2:]
+        best = match.index.view(h, w)
+        return best, match.score.view(h, w) * _patch_norms(query)
+    pooled_query = _pool(query)
+    pooled_keys = [_pool(k) for k in keys]
+    coarse, _ = _search(pooled_query, pooled_keys, budget_bytes)
+    return _refine(query, keys, _candidates(coarse, _Grids(pooled_keys)), budget_bytes)
+
+
+def _pool(feat: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(feat[None], FACTOR, ceil_mode=True)[0]
+
+
+class _Grids:
+    """Position bookkeeping for several feature maps searched as one concatenated list."""
+
+    def __init__(self, maps: Sequence[torch.Tensor]) -> None:
+        device = maps[0].device
+        sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]
+        self.heights = torch.tensor([s[0] for s in sizes], device=device)
+        self.widths = torch.tensor([s[1] for s in sizes], device=device)
+        counts = self.heights * self.widths
+        self.offsets = torch.cumsum(counts, 0) - counts
+        self.total = int(counts.sum())
+
+    def split(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Global position -> (reference, row, column)."""
+        ref = torch.searchsorted(self.offsets, index, right=True) - 1
+        local = index - self.offsets[ref]
+        width = self.widths[ref]
+        return ref, local // width, local % width
+
+    def join(self, ref: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(reference, row, column), clamped into that reference -> global position."""
+        y = torch.minimum(y.clamp_min(0), self.heights[ref] - 1)
+        x = torch.minimum(x.clamp_min(0), self.widths[ref] - 1)
+        return self.offsets[ref] + y * self.widths[ref] + x
+
+
+def _candidates(coarse: torch.Tensor, pooled: _Grids) -> tuple[torch.Tensor, ...]:
+    """Candidate windows for every coarse query cell: reference, and the coarse cell each
+    window is centred on, as ``[Hc, Wc, 9]`` tensors."""
+    hc, wc = coarse.shape
+    padded = F.pad(coarse[None, None].float(), (1, 1, 1, 1), mode="replicate")[0, 0].long()
+    ref, my, mx = pooled.split(padded)
+    refs, ys, xs = [], [], []
+    for dy, dx in _OFFSETS:
+        # The neighbour at (i + dy, j + dx) matched m: it suggests m - (dy, dx) for (i, j).
+        rows, cols = slice(1 + dy, 1 + dy + hc), slice(1 + dx, 1 + dx + wc)
+        refs.append(ref[rows, cols])
+        ys.append(my[rows, cols] - dy)
+        xs.append(mx[rows, cols] - dx)
+    return torch.stack(refs, -1), torch.stack(ys, -1), torch.stack(xs, -1)
+
+
+def _refine(
+    query: torch.Tensor,
+    keys: list[torch.Tensor],
+    windows: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    budget_bytes: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact 3x3-patch relevance of each query position against its cell's windows.
+
+    Per cell, one matrix product of pixel vectors: the cell's ``(F+2)^2`` query pixels (halo
+    included) against each window's ``(L+2)^2`` key pixels, then shifted sums over the nine
+    patch offsets, as the exact search does, which needs a ninth of the multiplications and
+    gathers of unfolded patches.
+    """
+    c, h, w = query.shape
+    f, side = FACTOR, FACTOR + 2 * MARGIN
+    ref, cy, cx = windows
+    hc, wc, n_win = ref.shape
+    table = _KeyTable(keys, side)
+    # Window origins, shifted (not cut) to lie inside their reference.
+    y0 = torch.minimum((cy * f - MARGIN).clamp_min(0), table.heights[ref] - side)
+    x0 = torch.minimum((cx * f - MARGIN).clamp_min(0), table.widths[ref] - side)
+    q_pad = F.pad(query, (1, 1 + wc * f - w, 1, 1 + hc * f - h))
+    elem = query.element_size()
+    per_cell = n_win * (side + 2) ** 2 * (c + 3 * (f + 2) ** 2) * elem
+    rows_per_chunk = max(1, budget_bytes // max(1, per_cell * wc))
+    best = torch.empty(hc * f, wc * f, dtype=torch.long, device=query.device)
+    value = torch.empty(hc * f, wc * f, dtype=query.dtype, device=query.device)
+    span = torch.arange(side + 2, device=query.device)
+    inner = torch.arange(side, device=query.device)
+    for r0 in range(0, hc, rows_per_chunk):
+        r1 = min(hc, r0 + rows_per_chunk)
+        n = (r1 - r0) * wc
+        q = F.unfold(q_pad[None, :, r0 * f : r1 * f + 2], f + 2, stride=f)
+        q = q.view(c, (f + 2) ** 2, n).permute(2, 1, 0).contiguous()  # [cells, (F+2)^2, C]
+        rr, yy, xx = ref[r0:r1].reshape(n, n_win), y0[r0:r1].reshape(-1), x0[r0:r1].reshape(-1)
+        pix = table.pixel_index(rr.reshape(-1), yy, xx, span).view(n, -1)
+        k = table.pixels[pix]  # [cells, windows * (L+2)^2, C]
+        products = torch.bmm(q, k.transpose(1, 2))
+        rel = _patch_sums(products.view(n, f + 2, f + 2, n_win, side + 2, side + 2))
+        positions = table.position(rr.reshape(-1), yy, xx, inner).view(n, 1, -1)
+        rel = rel.reshape(n, f * f, -1) * table.inv_norm[positions] + table.bias[positions]
+        top, arg = rel.max(dim=2)
+        chosen = torch.gather(positions.expand(-1, f * f, -1), 2, arg[..., None])[..., 0]
+        block = (slice(r0 * f, r1 * f), slice(None))
+        best[block] = _cells_to_map(table.original(chosen), r1 - r0, wc)
+        value[block] = _cells_to_map(top, r1 - r0, wc)
+    return best[:h, :w], value[:h, :w]
+
+
+def _patch_sums(products: torch.Tensor) -> torch.Tensor:
+    """``[n, F+2, F+2, W, L+2, L+2]`` pixel products -> ``[n, F, F, W, L, L]`` 3x3-patch
+    products: sum over the nine offsets d of products at (i + d, j + d)."""
+    f, side = products.shape[1] - 2, products.shape[-1] - 2
+    cols = products[:, :, 0:f, :, :, 0:side] + products[:, :, 1 : f + 1, :, :, 1 : side + 1]
+    cols += products[:, :, 2 : f + 2, :, :, 2 : side + 2]
+    rows = cols[:, 0:f, :, :, 0:side] + cols[:, 1 : f + 1, :, :, 1 : side + 1]
+    rows += cols[:, 2 : f + 2, :, :, 2 : side + 2]
+    return rows
+
+
+def _cells_to_map(cells: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """``[rows * cols, F * F]`` per-cell values -> ``[rows * F, cols * F]`` map."""
+    f = FACTOR
+    return cells.view(rows, cols, f, f).permute(0, 2, 1, 3).reshape(rows * f, cols * f)
+
+
+class _KeyTable:
+    """The references' lv3 maps, zero-padded by one pixel for patches (and up to the window
+    side where a reference is smaller), as one ``[pixels, C]`` table; the inverse patch norm
+    of every position, and a bias of -inf on positions that only exist as padding."""
+
+    def __init__(self, keys: Sequence[torch.Tensor], side: int) -> None:
+        self.source = _Grids(keys)
+        grown, valid = [], []
+        for k in keys:
+            pad = (0, max(0, side - k.shape[-1]), 0, max(0, side - k.shape[-2]))
+            grown.append(F.pad(k, pad))
+            valid.append(F.pad(torch.ones_like(k[0]), pad))
+        self.grids = _Grids(grown)
+        self.heights, self.widths = self.grids.heights, self.grids.widths
+        self.padded = _Grids([F.pad(g[:1], (1, 1, 1, 1)) for g in grown])
+        self.pixels = torch.cat(
+            [F.pad(g, (1, 1, 1, 1)).permute(1, 2, 0).reshape(-1, g.shape[0]) for g in grown]
+        )
+        self.inv_norm = torch.cat([1.0 / _patch_norms(g).reshape(-1) for g in grown])
+        flags = torch.cat([v.reshape(-1) for v in valid])
+        self.bias = torch.zeros_like(flags).masked_fill_(flags == 0, float("-inf"))
+
+    def pixel_index(
+        self, ref: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, span: torch.Tensor
+    ) -> torch.Tensor:
+        """Rows of :attr:`pixels` for the ``(L+2)^2`` padded pixels of each window."""
+        width = self.padded.widths[ref][:, None, None]
+        start = self.padded.offsets[ref][:, None, None] + y0[:, None, None] * width
+        return start + span[:, None] * width + x0[:, None, None] + span[None, :]
+
+    def position(
+        self, ref: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, inner: torch.Tensor
+    ) -> torch.Tensor:
+        """Global (grown) positions of the ``L^2`` positions of each window."""
+        width = self.widths[ref][:, None, None]
+        start = self.grids.offsets[ref][:, None, None] + y0[:, None, None] * width
+        return start + inner[:, None] * width + x0[:, None, None] + inner[None, :]
+
+    def original(self, positions: torch.Tensor) -> torch.Tensor:
+        """Grown positions -> positions in the references as given (padding never wins)."""
+        return self.source.join(*self.grids.split(positions))
