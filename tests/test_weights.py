@@ -139,3 +139,11 @@ def test_global_skip_travels_in_the_metadata_and_changes_the_output(tmp_path: Pa
         with_skip = loaded(lr, lrsr, lrsr, lrsr).sr
         without = plain(lr, lrsr, lrsr, lrsr).sr
     torch.testing.assert_close(with_skip, (without + lrsr).clamp(-1, 1))
+
+
+def test_training_checkpoint_keeps_what_shapes_cannot_tell(tmp_path: Path) -> None:
+    """A ``ttsr train`` checkpoint (``step-N.pt``) loads with its global skip and res_scale."""
+    config = TTSRConfig(n_feats=16, num_res_blocks=(1, 1, 1, 1), res_scale=0.5, global_skip=True)
+    path = tmp_path / "step-10.pt"
+    torch.save({"step": 10, "config": config.to_dict(), "model": TTSR(config).state_dict()}, path)
+    assert load_model(path).config == config

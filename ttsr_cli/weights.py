@@ -43,7 +43,7 @@ def read_checkpoint(path: Path) -> tuple[StateDict, dict[str, str]]:
     if path.suffix == ".safetensors":
         tensors, metadata = _read_safetensors(path)
     else:
-        tensors, metadata = _read_torch(path), {}
+        tensors, metadata = _read_torch(path)
     return normalize_keys(tensors), metadata
 
 
@@ -56,7 +56,9 @@ def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:
         raise TTSRError(f"{path}: not a readable safetensors file ({_first_line(exc)})") from None
 
 
-def _read_torch(path: Path) -> StateDict:
+def _read_torch(path: Path) -> tuple[StateDict, dict[str, str]]:
+    """The tensors, and as metadata the ``config`` that ``ttsr train`` checkpoints carry beside
+    their ``model`` (it holds what shapes cannot tell, e.g. ``global_skip``)."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -68,6 +70,8 @@ def _read_torch(path: Path) -> StateDict:
         raise TTSRError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
     if not isinstance(obj, Mapping):
         raise TTSRError(f"{path}: expected a state dict, found {type(obj).__name__}")
+    config = obj.get("config")
+    metadata = {"config": json.dumps(config)} if isinstance(config, Mapping) else {}
     for key in _WRAPPER_KEYS:  # trainers that wrap the state dict one level down
         if key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
@@ -75,7 +79,7 @@ def _read_torch(path: Path) -> StateDict:
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise TTSRError(f"{path}: contains no tensors")
-    return tensors
+    return tensors, metadata
 
 
 def _first_line(exc: BaseException) -> str:
