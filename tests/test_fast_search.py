@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from test_attention import dense_search
 
-from conftest import sample_image
+from conftest import run_cli, sample_image, save_png
 from ttsr_cli.nn import fast_search
 from ttsr_cli.nn.attention import relevance_search
 from ttsr_cli.nn.fast_search import choose_search, fast_relevance_search
@@ -97,3 +101,26 @@ def test_batches_search_each_image_against_a_shared_reference(photo_pair) -> Non
 def test_auto_goes_fast_only_where_exact_would_be_slow() -> None:
     assert choose_search(120 * 80, 120 * 80, 256) == "exact"  # CUFED5 size
     assert choose_search(1000 * 750, 1000 * 750, 64) == "fast"  # 12-megapixel output
+
+
+@pytest.mark.parametrize(("search", "expected"), [("fast", "fast"), ("auto", "exact")])
+def test_cli_search_modes(tmp_path: Path, tiny_weights: Path, search: str, expected: str) -> None:
+    """A reference with more positions than the exact threshold, through ``ttsr upscale``."""
+    lr = save_png(tmp_path / "lr.png", sample_image("astronaut", (64, 48)))
+    ref = save_png(tmp_path / "ref.png", sample_image("astronaut", (288, 288)))
+    assert fast_search.EXACT_KEYS < (288 // 4) ** 2
+    out = tmp_path / "sr.png"
+    args = ("upscale", lr, "--ref", ref, "-w", tiny_weights, "-o", out, "--json")
+    result = run_cli(*args, "--search", search)
+    assert result.returncode == 0, result.stderr
+    (record,) = json.loads(result.stdout)["results"]
+    assert record["search"] == expected and record["tiles"] == 1
+    assert Image.open(out).size == (256, 192)
+
+
+def test_cli_unknown_search_is_a_usage_error(tmp_path: Path, tiny_weights: Path) -> None:
+    lr = save_png(tmp_path / "lr.png", sample_image("astronaut", (32, 32)))
+    result = run_cli("upscale", lr, "-w", tiny_weights, "--search", "fastest")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in result.stderr

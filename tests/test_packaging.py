@@ -3,7 +3,10 @@
 The wheel goes into a fresh virtual environment with no dependencies at all, and is imported
 from a temporary folder with no path to the checkout: what it lists can only come from the
 installed package data.  Listing the registry imports neither torch nor huggingface_hub
-(:mod:`ttsr_cli.registry` defers them), which is why no dependency is needed.
+(:mod:`ttsr_cli.registry` defers them), which is why no dependency is needed.  Then the
+running environment's packages are made visible to it (a ``.pth`` line, which does not
+process that environment's editable install of this project), and a plain ``ttsr upscale``
+with no weights runs the bundled default model from the wheel.
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
-from conftest import ROOT
+from PIL import Image
+
+from conftest import ROOT, sample_image, save_png
 
 LIST = (
     "import json, sys; from ttsr_cli.registry import load_registry, registry_path; "
@@ -45,6 +51,15 @@ def test_the_wheel_carries_the_registry(tmp_path: Path) -> None:
     run(*pip, "--python", python, "install", "-q", "--no-deps", "--no-index", wheel)
     listing = json.loads(run(python, "-c", LIST, cwd=tmp_path).stdout)
     assert Path(listing["path"]).is_relative_to(venv)
-    assert listing["models"] == ["ttsr-gan", "ttsr-rec"]
+    assert listing["models"] == ["ttsr", "ttsr-gan", "ttsr-rec"]
     assert listing["default"] == "ttsr"
     assert all(listing["cards"]) and listing["heavy"] == []
+
+    purelib = run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))")
+    deps = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    (Path(purelib.stdout.strip()) / "deps.pth").write_text("\n".join(sorted(deps)) + "\n")
+    image = save_png(tmp_path / "photo.png", sample_image("astronaut", (48, 40)))
+    upscale = "import sys, ttsr_cli.cli as c; print(c.__file__, file=sys.stderr); c.app()"
+    result = run(python, "-c", upscale, "upscale", image, "-o", tmp_path / "x4.png", cwd=tmp_path)
+    assert Path(result.stderr.splitlines()[0]).is_relative_to(venv)
+    assert Image.open(tmp_path / "x4.png").size == (192, 160)

@@ -29,13 +29,19 @@ CROP = 256
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "Urban100"
 
 
-def retrieval_set(folder: Path, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(queries, true references), query i matching reference i."""
+def retrieval_pairs(folder: Path, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(HR query crop, true reference) per image, in file-name order."""
     rng = random.Random(seed)
+    return [
+        _pair(np.asarray(Image.open(path).convert("RGB")), rng)
+        for path in sorted(folder.glob("*.png"))
+    ]
+
+
+def retrieval_set(folder: Path, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(LR queries, true references), query i matching reference i."""
     queries, refs = [], []
-    for path in sorted(folder.glob("*.png")):
-        hr = np.asarray(Image.open(path).convert("RGB"))
-        query, ref = _pair(hr, rng)
+    for query, ref in retrieval_pairs(folder, seed):
         small = Image.fromarray(query).resize((CROP // 4, CROP // 4), Image.BICUBIC)
         queries.append(np.asarray(small))
         refs.append(ref)
