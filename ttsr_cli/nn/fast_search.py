@@ -12,7 +12,9 @@ coarse-to-fine matching, this search
    (a neighbour matched at ``m`` suggests ``m`` minus the offset between them, as PatchMatch
    propagates), each widened by :data:`MARGIN` positions;
 3. scores each query patch exactly (cosine of 3x3 patches, as the paper) against those
-   candidates only and keeps the best.
+   candidates only and keeps the best;
+4. repeats 2-3 once with the windows placed on the neighbours' matches at this level, which
+   mends matches the coarse level got slightly wrong.
 
 Work per query position is fixed (9 windows of ``(FACTOR + 2 MARGIN)^2`` positions), so the
 cost grows linearly with the image and (at the coarsest level only) with the reference.  The
@@ -31,6 +33,8 @@ from ttsr_cli.nn.attention import Correspondence, _patch_norms, relevance_search
 
 FACTOR = 4
 MARGIN = 1
+#: Extra passes per level that re-place the windows on the neighbours' fine matches.
+PROPAGATION_PASSES = 1
 #: References with at most this many lv3 positions (64 x 64) are searched exactly.
 EXACT_KEYS = 4096
 #: ``--search auto`` stays exact up to this many multiply-adds in the search (a few seconds on
@@ -74,7 +78,15 @@ def _search(
     pooled_query = _pool(query)
     pooled_keys = [_pool(k) for k in keys]
     coarse, _ = _search(pooled_query, pooled_keys, budget_bytes)
-    return _refine(query, keys, _candidates(coarse, _Grids(pooled_keys)), budget_bytes)
+    hc, wc = coarse.shape
+    windows = _windows(coarse, _Grids(pooled_keys), hc, wc, step=1, scale=FACTOR)
+    best, value = _refine(query, keys, windows, budget_bytes)
+    for _ in range(PROPAGATION_PASSES):
+        windows = _windows(best, _Grids(keys), hc, wc, step=FACTOR, scale=1)
+        again, again_value = _refine(query, keys, windows, budget_bytes)
+        better = again_value > value
+        best, value = torch.where(better, again, best), torch.where(better, again_value, value)
+    return best, value
 
 
 def _pool(feat: torch.Tensor) -> torch.Tensor:
@@ -107,20 +119,44 @@ class _Grids:
         return self.offsets[ref] + y * self.widths[ref] + x
 
 
-def _candidates(coarse: torch.Tensor, pooled: _Grids) -> tuple[torch.Tensor, ...]:
-    """Candidate windows for every coarse query cell: reference, and the coarse cell each
-    window is centred on, as ``[Hc, Wc, 9]`` tensors."""
-    hc, wc = coarse.shape
-    padded = F.pad(coarse[None, None].float(), (1, 1, 1, 1), mode="replicate")[0, 0].long()
-    ref, my, mx = pooled.split(padded)
-    refs, ys, xs = [], [], []
+def _neighbour_matches(
+    best: torch.Tensor, hc: int, wc: int, step: int
+) -> list[tuple[int, int, torch.Tensor]]:
+    """For each of the nine offsets d, the match of the neighbouring cell's representative
+    position (``best`` sampled every ``step`` positions, edges clamped) as ``[hc, wc]``."""
+    h, w = best.shape
+    ys = (torch.arange(hc, device=best.device) * step + step // 2).clamp_max(h - 1)
+    xs = (torch.arange(wc, device=best.device) * step + step // 2).clamp_max(w - 1)
+    rep = best[ys[:, None], xs[None, :]]
+    out = []
     for dy, dx in _OFFSETS:
-        # The neighbour at (i + dy, j + dx) matched m: it suggests m - (dy, dx) for (i, j).
-        rows, cols = slice(1 + dy, 1 + dy + hc), slice(1 + dx, 1 + dx + wc)
-        refs.append(ref[rows, cols])
-        ys.append(my[rows, cols] - dy)
-        xs.append(mx[rows, cols] - dx)
-    return torch.stack(refs, -1), torch.stack(ys, -1), torch.stack(xs, -1)
+        rows = (torch.arange(hc, device=best.device) + dy).clamp(0, hc - 1)
+        cols = (torch.arange(wc, device=best.device) + dx).clamp(0, wc - 1)
+        out.append((dy, dx, rep[rows[:, None], cols[None, :]]))
+    return out
+
+
+def _windows(
+    best: torch.Tensor, grids: _Grids, hc: int, wc: int, step: int, scale: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Search windows ``(reference, top, left)``, ``[hc, wc, 9]``, for the cells of
+    ``FACTOR x FACTOR`` query positions: one per neighbour, placed where that neighbour's
+    match implies this cell's match lies (PatchMatch propagation), with a margin.
+
+    ``best`` holds matches on a grid whose positions are ``step`` query positions apart and
+    ``scale`` reference positions large: the coarse level's (step 1, scale ``FACTOR``), or
+    this level's own (step ``FACTOR``, scale 1) for a second pass.
+    """
+    refs, tops, lefts = [], [], []
+    for dy, dx, match in _neighbour_matches(best, hc, wc, step):
+        ref, my, mx = grids.split(match)
+        # Cell centre in this level's reference positions, minus the neighbour's offset.
+        cy = my * scale + scale // 2 - dy * FACTOR
+        cx = mx * scale + scale // 2 - dx * FACTOR
+        refs.append(ref)
+        tops.append(cy - FACTOR // 2 - MARGIN)
+        lefts.append(cx - FACTOR // 2 - MARGIN)
+    return torch.stack(refs, -1), torch.stack(tops, -1), torch.stack(lefts, -1)
 
 
 def _refine(
@@ -138,12 +174,12 @@ def _refine(
     """
     c, h, w = query.shape
     f, side = FACTOR, FACTOR + 2 * MARGIN
-    ref, cy, cx = windows
+    ref, top, left = windows
     hc, wc, n_win = ref.shape
     table = _KeyTable(keys, side)
-    # Window origins, shifted (not cut) to lie inside their reference.
-    y0 = torch.minimum((cy * f - MARGIN).clamp_min(0), table.heights[ref] - side)
-    x0 = torch.minimum((cx * f - MARGIN).clamp_min(0), table.widths[ref] - side)
+    # Windows shifted (not cut) to lie inside their reference.
+    y0 = torch.minimum(top.clamp_min(0), table.heights[ref] - side)
+    x0 = torch.minimum(left.clamp_min(0), table.widths[ref] - side)
     q_pad = F.pad(query, (1, 1 + wc * f - w, 1, 1 + hc * f - h))
     elem = query.element_size()
     per_cell = n_win * (side + 2) ** 2 * (c + 3 * (f + 2) ** 2) * elem
