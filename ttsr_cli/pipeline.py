@@ -163,11 +163,16 @@ class Upscaler:
 
     @torch.inference_mode()
     def encode_reference(self, ref: np.ndarray) -> ReferenceFeatures:
-        """LTE features of one reference image (8 or 16 bits, any size of at least 4x4)."""
+        """LTE features of one reference image (8 or 16 bits, any size of at least 4x4).
+
+        Its activations take the working share of the budget that the search takes later
+        (the two never run at once), so a large reference is encoded in bands.
+        """
         ref_img, refsr_img = reference_pair(ref)
+        budget = search_budget_within(self._memory_budget())
         with self._autocast():
             return self.model.encode_reference(
-                to_tensor(ref_img, self.device), to_tensor(refsr_img, self.device)
+                to_tensor(ref_img, self.device), to_tensor(refsr_img, self.device), budget
             )
 
     def upscale(
@@ -220,6 +225,12 @@ class Upscaler:
         widths = (config.n_feats, config.lte_widths[0])
         elem_size = torch.finfo(self.precision).bits // 8
         return tile_side((lr_height, lr_width), budget, widths, self.overlap, elem_size)
+
+    def _memory_budget(self) -> int:
+        """The whole-upscale budget: as given, or a share of what is free right now."""
+        if self.memory_budget is None:
+            return default_memory_budget(self.device)
+        return self.memory_budget
 
     def _run(
         self,

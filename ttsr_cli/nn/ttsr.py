@@ -105,8 +105,14 @@ class TTSR(nn.Module):
         self.MainNet = MainNet(c.num_res_blocks, c.n_feats, c.res_scale, c.lte_widths)
         self.LTE = LTE(c.lte_widths)
 
-    def encode_reference(self, ref: torch.Tensor, refsr: torch.Tensor) -> ReferenceFeatures:
-        return ReferenceFeatures(key=self.LTE.lv3((refsr + 1) / 2), values=self.LTE((ref + 1) / 2))
+    def encode_reference(
+        self, ref: torch.Tensor, refsr: torch.Tensor, budget_bytes: int | None = None
+    ) -> ReferenceFeatures:
+        """Key and values of one reference.  ``budget_bytes`` bounds the LTE's activations:
+        a 12-megapixel reference is encoded in bands (same features) instead of needing
+        several 3 GB activation maps at once."""
+        key = self.LTE.encode_lv3((refsr + 1) / 2, budget_bytes)
+        return ReferenceFeatures(key=key, values=self.LTE.encode((ref + 1) / 2, budget_bytes))
 
     def upscale(
         self,
