@@ -286,13 +286,14 @@ def search_and_transfer(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Relevance search, then soft attention S and the transferred textures T_lv3, T_lv2, T_lv1.
 
-    ``values``: per reference, its LTE features ``(lv1, lv2, lv3)``.  ``search``: the exact
-    search, or an approximation with the same contract (``nn.fast_search``).
+    ``values``: per reference, its LTE features ``(lv1, lv2, lv3)``, in any storage dtype;
+    the textures come out in the query's.  ``search``: the exact search, or an
+    approximation with the same contract (``nn.fast_search``).
     Returns ``(S, T_lv3, T_lv2, T_lv1, hard_index)``.
     """
     h, w = query.shape[-2:]
     match = search(query, keys, budget_bytes)
-    t_lv3 = transfer([v[2] for v in values], match.index, (h, w), 1)
-    t_lv2 = transfer([v[1] for v in values], match.index, (h, w), 2)
-    t_lv1 = transfer([v[0] for v in values], match.index, (h, w), 4)
+    t_lv3 = transfer([v[2] for v in values], match.index, (h, w), 1, query.dtype)
+    t_lv2 = transfer([v[1] for v in values], match.index, (h, w), 2, query.dtype)
+    t_lv1 = transfer([v[0] for v in values], match.index, (h, w), 4, query.dtype)
     return match.score, t_lv3, t_lv2, t_lv1, match.index
