@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 
 from ttsr_cli.nn.attention import _tiles, plan_chunks, relevance_search, transfer
 
@@ -82,6 +83,32 @@ def test_transfer_from_several_references_cuts_patches_at_each_ones_borders(scal
     index = torch.tensor([[0, 5, 6, 8, 2, 7, 3, 6, 1, 8, 4, 0]])  # 0-5 first, 6-8 second
     got = transfer([first, second], index, (3, 4), scale)
     torch.testing.assert_close(got, dense_transfer([first, second], index, 3, 4, scale))
+
+
+@pytest.mark.parametrize("scale", [1, 4])
+def test_transfer_casts_blocks_gathered_from_narrower_storage(scale: int) -> None:
+    torch.manual_seed(6)
+    first, second = torch.rand(1, 4, 2 * scale, 3 * scale), torch.rand(1, 4, 3 * scale, scale)
+    index = torch.tensor([[0, 5, 6, 8, 2, 7, 3, 6, 1, 8, 4, 0]])
+    stored = [first.half(), second.half()]
+    got = transfer(stored, index, (3, 4), scale, torch.float32)
+    assert got.dtype == torch.float32
+    want = dense_transfer([v.float() for v in stored], index, 3, 4, scale)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(
+        got, dense_transfer([first, second], index, 3, 4, scale), atol=1e-3, rtol=0
+    )
+
+
+def test_transfer_never_copies_the_reference() -> None:
+    """A 12-megapixel reference's lv1 is 3 GB: no allocation may scale with it, only with
+    the output (here 16 positions of 4x4 blocks)."""
+    value = torch.rand(1, 64, 400, 400)
+    index = torch.randint(0, 100 * 100, (1, 16))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        transfer([value], index, (4, 4), 4)
+    largest = max(event.cpu_memory_usage for event in prof.events())
+    assert largest < value.numel() * value.element_size() // 20
 
 
 def test_plan_fits_the_budget_and_uses_it() -> None:

@@ -13,8 +13,11 @@ from conftest import sample_image
 from ttsr_cli.errors import InputError
 from ttsr_cli.imageio import ImageData
 from ttsr_cli.pipeline import (
+    REFERENCE_SHARE,
     ReferenceCache,
     Upscaler,
+    _feature_bytes,
+    reference_feature_bytes,
     reference_pair,
     resize_bicubic,
     to_image,
@@ -58,6 +61,32 @@ def test_encoded_reference_is_reusable_across_images(tiny_model) -> None:
     first = upscaler.upscale(sample_image("astronaut", (16, 12)), [ref])
     upscaler.upscale(sample_image("chelsea", (20, 10)), [ref])
     assert np.array_equal(upscaler.upscale(sample_image("astronaut", (16, 12)), [ref]), first)
+
+
+def test_references_store_fp32_values_while_they_fit_the_budget(tiny_model) -> None:
+    ref = sample_image("coffee", (64, 48))
+    full = reference_feature_bytes(48, 64, tiny_model.config.lte_widths, 4)
+    for upscaler in (
+        Upscaler(tiny_model, torch.device("cpu")),
+        Upscaler(tiny_model, torch.device("cpu"), memory_budget=int(full / REFERENCE_SHARE)),
+    ):
+        features = upscaler.encode_reference(ref)
+        assert all(t.dtype == torch.float32 for t in (features.key, *features.values))
+        assert _feature_bytes(features) == full
+
+
+def test_references_too_large_for_the_budget_store_fp16_values(tiny_model) -> None:
+    ref, lr = sample_image("coffee", (64, 48)), sample_image("astronaut", (16, 12))
+    full = reference_feature_bytes(48, 64, tiny_model.config.lte_widths, 4)
+    tight = Upscaler(tiny_model, torch.device("cpu"), memory_budget=int(full / REFERENCE_SHARE) - 1)
+    compact = tight.encode_reference(ref)
+    assert compact.key.dtype == torch.float32  # the search compares it: kept exact
+    assert all(v.dtype == torch.float16 for v in compact.values)
+    halved = sum(v.numel() * 2 for v in compact.values)
+    assert _feature_bytes(compact) == full - halved  # what tile_core subtracts
+    whole = Upscaler(tiny_model, torch.device("cpu"))
+    exact = whole.upscale(lr, [whole.encode_reference(ref)])
+    assert np.abs(whole.upscale(lr, [compact]).astype(int) - exact).max() <= 1
 
 
 def test_sixteen_bit_resize_keeps_sixteen_bit_precision() -> None:

@@ -36,6 +36,15 @@ from ttsr_cli.tiles import DEFAULT_OVERLAP, Tile, core_slices, plan_tiles, ramp,
 
 SCALE = 4
 _UINT16_MAX = 65535
+#: Share of the memory budget one reference's fp32 features may take.  A larger reference
+#: stores its values in fp16 (a 12-megapixel one's features, paper widths: 6.1 GB -> 3.5 GB)
+#: for a change far below visibility: PSNR against fp32 storage above 115 dB before rounding
+#: and 80 dB in 8 bits (tests/benchmarks/bench_value_storage.py).
+REFERENCE_SHARE = 0.5
+#: Dtype of the values of references too large for :data:`REFERENCE_SHARE`.  fp16, not
+#: bf16: three more significand bits, and every device stores, indexes and casts it; ReLU
+#: features of normalised images stay far inside its range (65504).
+COMPACT_VALUES = torch.float16
 
 
 def resize_bicubic(array: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -163,12 +172,30 @@ class Upscaler:
 
     @torch.inference_mode()
     def encode_reference(self, ref: np.ndarray) -> ReferenceFeatures:
-        """LTE features of one reference image (8 or 16 bits, any size of at least 4x4)."""
+        """LTE features of one reference image (8 or 16 bits, any size of at least 4x4).
+
+        Its activations take the working share of the budget that the search takes later
+        (the two never run at once), so a large reference is encoded in bands; its values
+        are stored in fp16 when they would take too much of the budget in fp32.
+        """
         ref_img, refsr_img = reference_pair(ref)
+        budget = self._memory_budget()
+        values_dtype = self._values_dtype(ref_img.shape[0], ref_img.shape[1], budget)
         with self._autocast():
             return self.model.encode_reference(
-                to_tensor(ref_img, self.device), to_tensor(refsr_img, self.device)
+                to_tensor(ref_img, self.device),
+                to_tensor(refsr_img, self.device),
+                search_budget_within(budget),
+                values_dtype,
             )
+
+    def _values_dtype(self, height: int, width: int, budget: int) -> torch.dtype | None:
+        """Storage dtype for a reference's values; None keeps the computed one (always for
+        reduced precision, whose features are already half-size)."""
+        if self.precision != torch.float32:
+            return None
+        full = reference_feature_bytes(height, width, self.model.config.lte_widths, 4)
+        return None if full <= REFERENCE_SHARE * budget else COMPACT_VALUES
 
     def upscale(
         self, lr: np.ndarray, references: Sequence[ReferenceFeatures] | None = None
@@ -220,6 +247,12 @@ class Upscaler:
         widths = (config.n_feats, config.lte_widths[0])
         elem_size = torch.finfo(self.precision).bits // 8
         return tile_side((lr_height, lr_width), budget, widths, self.overlap, elem_size)
+
+    def _memory_budget(self) -> int:
+        """The whole-upscale budget: as given, or a share of what is free right now."""
+        if self.memory_budget is None:
+            return default_memory_budget(self.device)
+        return self.memory_budget
 
     def _run(
         self,
@@ -304,8 +337,19 @@ def _source(out: TTSROutput) -> np.ndarray:
 
 
 def _feature_bytes(features: ReferenceFeatures) -> int:
+    """Memory held by encoded features, at the dtypes they are stored in."""
     tensors = (features.key, *features.values)
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def reference_feature_bytes(
+    height: int, width: int, widths: tuple[int, int, int], elem_size: int
+) -> int:
+    """What :func:`_feature_bytes` will be for a ``height x width`` reference (multiples of 4)
+    stored at ``elem_size`` bytes: values lv1, lv2, lv3 and the key, an lv3-sized map."""
+    w1, w2, w3 = widths
+    pixels = height * width
+    return elem_size * (w1 * pixels + w2 * pixels // 4 + 2 * w3 * pixels // 16)
 
 
 def load_reference(upscaler: Upscaler, path: Path) -> ReferenceFeatures:

@@ -180,77 +180,98 @@ def relevance_search(
 
 
 def transfer(
-    values: Sequence[torch.Tensor], index: torch.Tensor, lr_size: tuple[int, int], scale: int
+    values: Sequence[torch.Tensor],
+    index: torch.Tensor,
+    lr_size: tuple[int, int],
+    scale: int,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Hard-attention texture transfer at one level (``scale`` 1, 2 or 4 for lv3, lv2, lv1).
 
     Equivalent to the original ``fold(gather(unfold(V, k=3s, pad=s, stride=s)), ...) / 9``:
     every LR position i copies the 3x3 neighbourhood of ``s x s`` blocks around its match
     ``index[i]`` in the reference onto the 3x3 neighbourhood of blocks around i, and
-    overlapping copies are averaged over the nine patches.  Works on blocks directly, so
-    memory is a few times the output, never the 9x-larger unfolded reference.
+    overlapping copies are averaged over the nine patches.  Blocks are read straight out of
+    the reference features, so memory is a few times the output, never a copy of the
+    reference (3 GB at lv1 for a 12-megapixel one) nor the 9x-larger unfolded reference.
 
-    ``values``: one ``[N or 1, C, Hr*s, Wr*s]`` tensor per reference; ``index`` as returned by
-    :func:`relevance_search`.  Returns ``[N, C, H*s, W*s]``.
+    ``values``: one ``[N or 1, C, Hr*s, Wr*s]`` tensor per reference, in any storage dtype;
+    ``index`` as returned by :func:`relevance_search`.  Returns ``[N, C, H*s, W*s]`` in
+    ``dtype`` (default: the values' own), to which gathered blocks are cast before summing.
     """
     h, w = lr_size
     n = index.shape[0]
+    dtype = dtype or values[0].dtype
     outputs = []
     for b in range(n):
-        blocks, grid = _reference_blocks([v[b if v.shape[0] > 1 else 0] for v in values], scale)
-        outputs.append(_fold_matches(blocks, grid, index[b], h, w, scale))
+        grids = [_BlockGrid.of(v[b if v.shape[0] > 1 else 0], scale) for v in values]
+        outputs.append(_fold_matches(grids, index[b], h, w, dtype))
     return torch.stack(outputs)
 
 
 @dataclass(frozen=True)
 class _BlockGrid:
-    """Where each reference's blocks start in the concatenated block list, and its grid size."""
+    """One reference's ``[C, Hr*s, Wr*s]`` features seen, without copying, as a grid of
+    ``s x s`` blocks: ``blocks[:, y, :, x, :]`` is block (y, x) as ``[C, s, s]``."""
 
-    offsets: torch.Tensor
-    heights: torch.Tensor
-    widths: torch.Tensor
+    blocks: torch.Tensor
 
+    @classmethod
+    def of(cls, value: torch.Tensor, s: int) -> _BlockGrid:
+        c, hs, ws = value.shape
+        return cls(value.view(c, hs // s, s, ws // s, s))
 
-def _reference_blocks(values: Sequence[torch.Tensor], s: int) -> tuple[torch.Tensor, _BlockGrid]:
-    """Cut each ``[C, Hr*s, Wr*s]`` reference into ``s x s`` blocks; append one zero block."""
-    parts, offsets, heights, widths = [], [], [], []
-    total = 0
-    for v in values:
-        c, hs, ws = v.shape
-        hb, wb = hs // s, ws // s
-        parts.append(v.view(c, hb, s, wb, s).permute(1, 3, 0, 2, 4).reshape(hb * wb, c, s, s))
-        offsets.append(total)
-        heights.append(hb)
-        widths.append(wb)
-        total += hb * wb
-    parts.append(values[0].new_zeros(1, values[0].shape[0], s, s))
-    device = values[0].device
-    grid = _BlockGrid(
-        offsets=torch.tensor(offsets, device=device),
-        heights=torch.tensor(heights, device=device),
-        widths=torch.tensor(widths, device=device),
-    )
-    return torch.cat(parts), grid
+    @property
+    def height(self) -> int:
+        return self.blocks.shape[1]
+
+    @property
+    def width(self) -> int:
+        return self.blocks.shape[3]
 
 
 def _fold_matches(
-    blocks: torch.Tensor, grid: _BlockGrid, index: torch.Tensor, h: int, w: int, s: int
+    grids: Sequence[_BlockGrid], index: torch.Tensor, h: int, w: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    zero_block = blocks.shape[0] - 1
-    ref = torch.searchsorted(grid.offsets, index, right=True) - 1
-    local = index - grid.offsets[ref]
-    ref_h, ref_w = grid.heights[ref], grid.widths[ref]
+    """Sum, for each of the nine neighbour offsets in turn, the block beside each match onto
+    the block beside its LR position (zero where the neighbour is outside its reference)."""
+    sizes = [g.height * g.width for g in grids]
+    offsets = torch.tensor([0, *sizes[:-1]], device=index.device).cumsum(0)
+    ref = torch.searchsorted(offsets, index, right=True) - 1
+    local = index - offsets[ref]
+    ref_w = torch.tensor([g.width for g in grids], device=index.device)[ref]
+    ref_h = torch.tensor([g.height for g in grids], device=index.device)[ref]
     jy, jx = local // ref_w, local % ref_w
-    c = blocks.shape[1]
-    out = blocks.new_zeros(h + 2, w + 2, c, s, s)
+    c, s = grids[0].blocks.shape[0], grids[0].blocks.shape[2]
+    out = torch.zeros(h + 2, w + 2, c, s, s, dtype=dtype, device=index.device)
     for ay in (-1, 0, 1):
         for ax in (-1, 0, 1):
             ny, nx = jy + ay, jx + ax
             inside = (ny >= 0) & (ny < ref_h) & (nx >= 0) & (nx < ref_w)
-            source = torch.where(inside, grid.offsets[ref] + ny * ref_w + nx, zero_block)
-            out[1 + ay : 1 + ay + h, 1 + ax : 1 + ax + w] += blocks[source].view(h, w, c, s, s)
+            gathered = _gather_blocks(grids, ref, ny, nx, inside, dtype)
+            out[1 + ay : 1 + ay + h, 1 + ax : 1 + ax + w] += gathered.view(h, w, c, s, s)
     out = out[1 : h + 1, 1 : w + 1]
     return out.permute(2, 0, 3, 1, 4).reshape(c, h * s, w * s) / (PATCH * PATCH)
+
+
+def _gather_blocks(
+    grids: Sequence[_BlockGrid],
+    ref: torch.Tensor,
+    ny: torch.Tensor,
+    nx: torch.Tensor,
+    inside: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Block (ny, nx) of reference ``ref`` per position as ``[P, C, s, s]`` in ``dtype``;
+    zero where ``inside`` is false."""
+    c, s = grids[0].blocks.shape[0], grids[0].blocks.shape[2]
+    gathered = torch.zeros(ref.shape[0], c, s, s, dtype=dtype, device=ref.device)
+    for number, grid in enumerate(grids):
+        taken = inside & (ref == number) if len(grids) > 1 else inside
+        rows = taken.nonzero().squeeze(1)
+        # Advanced indices split by a slice put the indexed dimension first: [k, C, s, s].
+        gathered[rows] = grid.blocks[:, ny[rows], :, nx[rows], :].to(dtype)
+    return gathered
 
 
 SearchFn = Callable[[torch.Tensor, Sequence[torch.Tensor], int], Correspondence]
@@ -265,13 +286,14 @@ def search_and_transfer(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Relevance search, then soft attention S and the transferred textures T_lv3, T_lv2, T_lv1.
 
-    ``values``: per reference, its LTE features ``(lv1, lv2, lv3)``.  ``search``: the exact
-    search, or an approximation with the same contract (``nn.fast_search``).
+    ``values``: per reference, its LTE features ``(lv1, lv2, lv3)``, in any storage dtype;
+    the textures come out in the query's.  ``search``: the exact search, or an
+    approximation with the same contract (``nn.fast_search``).
     Returns ``(S, T_lv3, T_lv2, T_lv1, hard_index)``.
     """
     h, w = query.shape[-2:]
     match = search(query, keys, budget_bytes)
-    t_lv3 = transfer([v[2] for v in values], match.index, (h, w), 1)
-    t_lv2 = transfer([v[1] for v in values], match.index, (h, w), 2)
-    t_lv1 = transfer([v[0] for v in values], match.index, (h, w), 4)
+    t_lv3 = transfer([v[2] for v in values], match.index, (h, w), 1, query.dtype)
+    t_lv2 = transfer([v[1] for v in values], match.index, (h, w), 2, query.dtype)
+    t_lv1 = transfer([v[0] for v in values], match.index, (h, w), 4, query.dtype)
     return match.score, t_lv3, t_lv2, t_lv1, match.index

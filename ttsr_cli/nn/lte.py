@@ -3,9 +3,16 @@
 The first twelve layers of VGG19 ``features`` split into three slices, preceded by a fixed
 1x1 convolution that applies the ImageNet normalisation.  Module names keep VGG's layer
 indices (``slice2.5``) so published TTSR checkpoints and torchvision VGG19 weights load as-is.
+
+Every layer is local, so a large image can be encoded in horizontal bands that read a halo of
+:data:`HALO` rows beyond their edges (:meth:`LTE.encode`, :meth:`LTE.encode_lv3`): the result
+is the whole image's, while the activations (about :data:`BAND_TENSORS` full-resolution maps
+of ``widths[0]`` channels, 3 GB each for a 12-megapixel image with VGG's 64) are only a band's.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -24,6 +31,33 @@ class MeanShift(nn.Conv2d):
             self.weight.copy_(torch.diag(1.0 / std).view(3, 3, 1, 1))
             self.bias.copy_(-torch.tensor(IMAGENET_MEAN) / std)
         self.requires_grad_(False)
+
+
+#: Input rows either side of a band that its lv3 rows depend on: a 3x3 conv at 1/4 reaches
+#: 1 row there = 4 input rows, plus 1 at 1/2 before the second pool, plus 1 at full
+#: resolution before the first = 10 rows; rounded up to a multiple of :data:`ALIGN`.
+HALO = 12
+#: Band edges fall on multiples of 4 so that both 2x2 max-pools pair the image's rows.
+ALIGN = 4
+#: Full-resolution ``widths[0]``-channel maps alive at once while a band is encoded: its lv1,
+#: the next conv's output and its ReLU (3.1 measured with VGG's widths), rounded up.
+BAND_TENSORS = 4
+#: Resolution divisor of lv1, lv2 and lv3.
+SCALES = (1, 2, 4)
+
+
+def band_height(width: int, channels: int, budget_bytes: int, elem_size: int) -> int:
+    """Input rows per band such that a band's activations, halo included, fit ``budget_bytes``
+    (a multiple of :data:`ALIGN`, never less: a tight budget still gets an answer)."""
+    row_bytes = width * channels * elem_size * BAND_TENSORS
+    rows = budget_bytes // row_bytes - 2 * HALO
+    return max(ALIGN, rows // ALIGN * ALIGN)
+
+
+def bands(height: int, rows: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` rows of consecutive bands of ``rows`` rows covering ``height``."""
+    for start in range(0, height, rows):
+        yield start, min(height, start + rows)
 
 
 def _conv(c_in: int, c_out: int) -> nn.Conv2d:
@@ -68,3 +102,58 @@ class LTE(nn.Module):
     def lv3(self, x: torch.Tensor) -> torch.Tensor:
         """Only the coarsest level: what the query (LR) and key (Ref down-up) sides need."""
         return self.slice3(self.slice2(self.slice1(self.sub_mean(x))))
+
+    def encode(
+        self, x: torch.Tensor, budget_bytes: int | None = None, dtype: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` with activations bounded by ``budget_bytes`` (None: unbounded),
+        written as ``dtype`` (None: as computed).  The same numbers either way."""
+        lv1, lv2, lv3 = self._in_bands(self.forward, x, SCALES, budget_bytes, dtype)
+        return lv1, lv2, lv3
+
+    def encode_lv3(
+        self, x: torch.Tensor, budget_bytes: int | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """:meth:`lv3` with activations bounded as by :meth:`encode`."""
+        return self._in_bands(lambda band: (self.lv3(band),), x, SCALES[2:], budget_bytes, dtype)[0]
+
+    def _in_bands(
+        self,
+        levels: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
+        x: torch.Tensor,
+        scales: tuple[int, ...],
+        budget_bytes: int | None,
+        dtype: torch.dtype | None,
+    ) -> tuple[torch.Tensor, ...]:
+        """``levels(x)`` band by band into preallocated outputs; whole when one band would do.
+
+        Each band reads :data:`HALO` rows more on each side and keeps, at each level, only
+        the rows of its own span: those saw exactly what they see in the whole image.
+        """
+        height, width = x.shape[-2:]
+        rows = height
+        if budget_bytes is not None:
+            rows = band_height(width, self.widths[0], budget_bytes, x.element_size())
+        if rows >= height:
+            return tuple(f if dtype is None else f.to(dtype) for f in levels(x))
+        outputs: list[torch.Tensor] = []
+        for start, stop in bands(height, rows):
+            top = max(0, start - HALO)
+            features = levels(x[..., top : min(height, stop + HALO), :])
+            # Allocated from the first band: under autocast only it tells the computed dtype.
+            outputs = outputs or [
+                _level_like(f, x, s, dtype) for f, s in zip(features, scales, strict=True)
+            ]
+            for out, feature, s in zip(outputs, features, scales, strict=True):
+                # top, start and all but the last stop are multiples of 4: exact at every scale
+                own = slice((start - top) // s, (stop - top) // s)
+                out[..., start // s : stop // s, :] = feature[..., own, :]
+        return tuple(outputs)
+
+
+def _level_like(
+    feature: torch.Tensor, image: torch.Tensor, scale: int, dtype: torch.dtype | None
+) -> torch.Tensor:
+    """An empty map for a whole level of ``image`` at 1/``scale``, of ``feature``'s kind."""
+    shape = (*feature.shape[:-2], image.shape[-2] // scale, image.shape[-1] // scale)
+    return feature.new_empty(shape, dtype=dtype or feature.dtype)

@@ -72,7 +72,8 @@ class ReferenceFeatures:
     """What the network needs from one reference; computed once, reusable across LR images.
 
     ``key``: LTE lv3 of Ref down-up (matched against the LR).  ``values``: LTE
-    ``(lv1, lv2, lv3)`` of the Ref itself (the textures that are transferred).
+    ``(lv1, lv2, lv3)`` of the Ref itself (the textures that are transferred), possibly
+    stored in a narrower dtype than the computation's: transfer casts what it gathers.
     """
 
     key: torch.Tensor
@@ -105,8 +106,21 @@ class TTSR(nn.Module):
         self.MainNet = MainNet(c.num_res_blocks, c.n_feats, c.res_scale, c.lte_widths)
         self.LTE = LTE(c.lte_widths)
 
-    def encode_reference(self, ref: torch.Tensor, refsr: torch.Tensor) -> ReferenceFeatures:
-        return ReferenceFeatures(key=self.LTE.lv3((refsr + 1) / 2), values=self.LTE((ref + 1) / 2))
+    def encode_reference(
+        self,
+        ref: torch.Tensor,
+        refsr: torch.Tensor,
+        budget_bytes: int | None = None,
+        values_dtype: torch.dtype | None = None,
+    ) -> ReferenceFeatures:
+        """Key and values of one reference.  ``budget_bytes`` bounds the LTE's activations:
+        a 12-megapixel reference is encoded in bands (same features) instead of needing
+        several 3 GB activation maps at once.  ``values_dtype`` stores the values (only
+        gathered from, never compared) in e.g. fp16 to halve them; the key keeps the
+        computed dtype, so the search's matches do not change."""
+        key = self.LTE.encode_lv3((refsr + 1) / 2, budget_bytes)
+        values = self.LTE.encode((ref + 1) / 2, budget_bytes, values_dtype)
+        return ReferenceFeatures(key=key, values=values)
 
     def upscale(
         self,
