@@ -216,7 +216,7 @@ class Upscaler:
             references = [self.encode_reference(lrsr)]
         grids = [(int(r.key.shape[-2]), int(r.key.shape[-1])) for r in references]
         search = self.search_for(h * w, sum(gh * gw for gh, gw in grids))
-        core = self.tile_core(h, w, references)
+        core = self.tile_core(h, w, references, search)
         if core is None:
             out = self._run(lr, lrsr, references, search)
             sr = to_image(out.sr, 16 if lr.dtype == np.uint16 else 8)
@@ -233,9 +233,14 @@ class Upscaler:
         return choose_search(query_positions, key_positions, channels)
 
     def tile_core(
-        self, lr_height: int, lr_width: int, references: Sequence[ReferenceFeatures]
+        self,
+        lr_height: int,
+        lr_width: int,
+        references: Sequence[ReferenceFeatures],
+        search: str = "exact",
     ) -> int | None:
-        """Tile core side in LR pixels for an image of this size, or None to run it whole."""
+        """Tile core side in LR pixels for an image of this size, or None to run it whole.
+        The fast search also holds a table of the keys' pixels (their size again)."""
         if self.tile is not None:
             return self.tile if self.tile < max(lr_height, lr_width) else None
         if self.memory_budget is None:
@@ -243,6 +248,8 @@ class Upscaler:
         else:
             budget = self.memory_budget - sum(_feature_bytes(r) for r in references)
         budget -= self.search_budget or default_search_budget(self.device)
+        if search == "fast":
+            budget -= sum(r.key.numel() * r.key.element_size() for r in references)
         config = self.model.config
         widths = (config.n_feats, config.lte_widths[0])
         elem_size = torch.finfo(self.precision).bits // 8

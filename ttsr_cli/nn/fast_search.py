@@ -79,11 +79,12 @@ def _search(
     pooled_keys = [_pool(k) for k in keys]
     coarse, _ = _search(pooled_query, pooled_keys, budget_bytes)
     hc, wc = coarse.shape
-    windows = _windows(coarse, _Grids(pooled_keys), hc, wc, step=1, scale=FACTOR)
-    best, value = _refine(query, keys, windows, budget_bytes)
+    table = _KeyTable(keys, FACTOR + 2 * MARGIN)
+    windows = _windows(coarse, _Grids.of(pooled_keys), hc, wc, step=1, scale=FACTOR)
+    best, value = _refine(query, table, windows, budget_bytes)
     for _ in range(PROPAGATION_PASSES):
-        windows = _windows(best, _Grids(keys), hc, wc, step=FACTOR, scale=1)
-        again, again_value = _refine(query, keys, windows, budget_bytes)
+        windows = _windows(best, table.source, hc, wc, step=FACTOR, scale=1)
+        again, again_value = _refine(query, table, windows, budget_bytes)
         better = again_value > value
         best, value = torch.where(better, again, best), torch.where(better, again_value, value)
     return best, value
@@ -94,16 +95,19 @@ def _pool(feat: torch.Tensor) -> torch.Tensor:
 
 
 class _Grids:
-    """Position bookkeeping for several feature maps searched as one concatenated list."""
+    """Position bookkeeping for several grids searched as one concatenated list."""
 
-    def __init__(self, maps: Sequence[torch.Tensor]) -> None:
-        device = maps[0].device
-        sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]
+    def __init__(self, sizes: Sequence[tuple[int, int]], device: torch.device) -> None:
         self.heights = torch.tensor([s[0] for s in sizes], device=device)
         self.widths = torch.tensor([s[1] for s in sizes], device=device)
         counts = self.heights * self.widths
         self.offsets = torch.cumsum(counts, 0) - counts
         self.total = int(counts.sum())
+
+    @classmethod
+    def of(cls, maps: Sequence[torch.Tensor]) -> _Grids:
+        """The grids of feature maps ``[..., H, W]``."""
+        return cls([(int(m.shape[-2]), int(m.shape[-1])) for m in maps], maps[0].device)
 
     def split(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Global position -> (reference, row, column)."""
@@ -161,7 +165,7 @@ def _windows(
 
 def _refine(
     query: torch.Tensor,
-    keys: list[torch.Tensor],
+    table: _KeyTable,
     windows: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     budget_bytes: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +180,6 @@ def _refine(
     f, side = FACTOR, FACTOR + 2 * MARGIN
     ref, top, left = windows
     hc, wc, n_win = ref.shape
-    table = _KeyTable(keys, side)
     # Windows shifted (not cut) to lie inside their reference.
     y0 = torch.minimum(top.clamp_min(0), table.heights[ref] - side)
     x0 = torch.minimum(left.clamp_min(0), table.widths[ref] - side)
@@ -231,21 +234,24 @@ class _KeyTable:
     of every position, and a bias of -inf on positions that only exist as padding."""
 
     def __init__(self, keys: Sequence[torch.Tensor], side: int) -> None:
-        self.source = _Grids(keys)
-        grown, valid = [], []
-        for k in keys:
-            pad = (0, max(0, side - k.shape[-1]), 0, max(0, side - k.shape[-2]))
-            grown.append(F.pad(k, pad))
-            valid.append(F.pad(torch.ones_like(k[0]), pad))
-        self.grids = _Grids(grown)
+        """Built in place: one table the size of the keys plus a border, no other copies."""
+        self.source = _Grids.of(keys)
+        grown = [(max(k.shape[-2], side), max(k.shape[-1], side)) for k in keys]
+        self.grids = _Grids(grown, keys[0].device)
         self.heights, self.widths = self.grids.heights, self.grids.widths
-        self.padded = _Grids([F.pad(g[:1], (1, 1, 1, 1)) for g in grown])
-        self.pixels = torch.cat(
-            [F.pad(g, (1, 1, 1, 1)).permute(1, 2, 0).reshape(-1, g.shape[0]) for g in grown]
-        )
-        self.inv_norm = torch.cat([1.0 / _patch_norms(g).reshape(-1) for g in grown])
-        flags = torch.cat([v.reshape(-1) for v in valid])
-        self.bias = torch.zeros_like(flags).masked_fill_(flags == 0, float("-inf"))
+        self.padded = _Grids([(h + 2, w + 2) for h, w in grown], keys[0].device)
+        self.inv_norm = keys[0].new_zeros(self.grids.total)
+        self.bias = keys[0].new_full((self.grids.total,), float("-inf"))
+        self.pixels = keys[0].new_zeros(self.padded.total, keys[0].shape[0])
+        for i, (k, (gh, gw)) in enumerate(zip(keys, grown, strict=True)):
+            h, w = k.shape[-2:]
+            at = int(self.grids.offsets[i])
+            inv_norm = self.inv_norm[at : at + gh * gw].view(gh, gw)
+            inv_norm[:h, :w] = 1.0 / _patch_norms(k)
+            self.bias[at : at + gh * gw].view(gh, gw)[:h, :w] = 0.0
+            at = int(self.padded.offsets[i])
+            pixels = self.pixels[at : at + (gh + 2) * (gw + 2)].view(gh + 2, gw + 2, -1)
+            pixels[1 : h + 1, 1 : w + 1] = k.permute(1, 2, 0)
 
     def pixel_index(
         self, ref: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, span: torch.Tensor
