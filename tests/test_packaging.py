@@ -5,8 +5,8 @@ from a temporary folder with no path to the checkout: what it lists can only com
 installed package data.  Listing the registry imports neither torch nor huggingface_hub
 (:mod:`ttsr_cli.registry` defers them), which is why no dependency is needed.  Then the
 running environment's packages are made visible to it (a ``.pth`` line, which does not
-process that environment's editable install of this project), and a plain ``ttsr upscale``
-with no weights runs the bundled default model from the wheel.
+process that environment's editable install of this project), and ``ttsr upscale`` runs from
+the wheel's code.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProce
     return result
 
 
-def test_the_wheel_carries_the_registry(tmp_path: Path) -> None:
+def test_the_wheel_carries_the_registry(tmp_path: Path, tiny_weights: Path) -> None:
     pip = (sys.executable, "-m", "pip")
     run(*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", ROOT, "-w", tmp_path / "dist")
     (wheel,) = (tmp_path / "dist").glob("ttsr-*.whl")
@@ -51,7 +51,7 @@ def test_the_wheel_carries_the_registry(tmp_path: Path) -> None:
     run(*pip, "--python", python, "install", "-q", "--no-deps", "--no-index", wheel)
     listing = json.loads(run(python, "-c", LIST, cwd=tmp_path).stdout)
     assert Path(listing["path"]).is_relative_to(venv)
-    assert listing["models"] == ["ttsr", "ttsr-gan", "ttsr-rec"]
+    assert listing["models"] == ["ttsr-gan", "ttsr-rec"]
     assert listing["default"] == "ttsr"
     assert all(listing["cards"]) and listing["heavy"] == []
 
@@ -60,6 +60,8 @@ def test_the_wheel_carries_the_registry(tmp_path: Path) -> None:
     (Path(purelib.stdout.strip()) / "deps.pth").write_text("\n".join(sorted(deps)) + "\n")
     image = save_png(tmp_path / "photo.png", sample_image("astronaut", (48, 40)))
     upscale = "import sys, ttsr_cli.cli as c; print(c.__file__, file=sys.stderr); c.app()"
-    result = run(python, "-c", upscale, "upscale", image, "-o", tmp_path / "x4.png", cwd=tmp_path)
+    out = tmp_path / "x4.png"
+    args = ("upscale", image, "-w", tiny_weights, "-o", out)
+    result = run(python, "-c", upscale, *args, cwd=tmp_path)
     assert Path(result.stderr.splitlines()[0]).is_relative_to(venv)
-    assert Image.open(tmp_path / "x4.png").size == (192, 160)
+    assert Image.open(out).size == (192, 160)
