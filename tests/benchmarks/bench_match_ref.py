@@ -29,23 +29,26 @@ CROP = 256
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "Urban100"
 
 
-def retrieval_pairs(folder: Path, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(HR query crop, true reference) per image, in file-name order."""
-    rng = random.Random(seed)
-    return [
-        _pair(np.asarray(Image.open(path).convert("RGB")), rng)
-        for path in sorted(folder.glob("*.png"))
-    ]
-
-
 def retrieval_set(folder: Path, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(LR queries, true references), query i matching reference i."""
+    """(queries, true references), query i matching reference i."""
     queries, refs = [], []
     for query, ref in retrieval_pairs(folder, seed):
         small = Image.fromarray(query).resize((CROP // 4, CROP // 4), Image.BICUBIC)
         queries.append(np.asarray(small))
         refs.append(ref)
     return queries, refs
+
+
+def retrieval_pairs(
+    folder: Path, seed: int = 0, limit: int | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(HR query crop, its true reference) for the first ``limit`` images (default all); the
+    first pairs are the same whatever the limit, so other benchmarks can take a prefix."""
+    rng = random.Random(seed)
+    return [
+        _pair(np.asarray(Image.open(path).convert("RGB")), rng)
+        for path in sorted(folder.glob("*.png"))[:limit]
+    ]
 
 
 def _pair(hr: np.ndarray, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:

@@ -80,7 +80,7 @@ def main() -> None:
         sys.exit(f"{args.data}: Urban100 folder not found (give --data)")
     weights = registry.resolve(args.model, args.weights)
     upscaler = Upscaler(load_model(weights), torch.device("cpu"), search=args.search)
-    pairs = retrieval_pairs(args.data)[: args.pairs]
+    pairs = retrieval_pairs(args.data, limit=args.pairs)
     if len(pairs) < 2:
         sys.exit("need at least two pairs")
     start, rows = time.perf_counter(), []
