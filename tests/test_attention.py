@@ -102,8 +102,9 @@ def test_transfer_casts_blocks_gathered_from_narrower_storage(scale: int) -> Non
 
 def test_transfer_never_copies_the_reference() -> None:
     """A 12-megapixel reference's lv1 is 3 GB: no allocation may scale with it, only with
-    the output (here 16 positions of 4x4 blocks)."""
-    value = torch.rand(1, 64, 400, 400)
+    the output (here 16 positions of 4x4 blocks), for values kept channels-last as
+    ``TTSR.encode_reference`` keeps them."""
+    value = torch.rand(1, 64, 400, 400).contiguous(memory_format=torch.channels_last)
     index = torch.randint(0, 100 * 100, (1, 16))
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         transfer([value], index, (4, 4), 4)

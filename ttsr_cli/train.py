@@ -312,7 +312,8 @@ class Trainer:
         from ttsr_cli.evaluate import Benchmark, run
         from ttsr_cli.pipeline import Upscaler
 
-        report = run(Benchmark("val", "ttsr", samples, Upscaler(self.model, self.device)))
+        upscaler = Upscaler(self.model, self.device, channels_last=self.opts.channels_last)
+        report = run(Benchmark("val", "ttsr", samples, upscaler))
         return {
             f"val_{m}": report.mean(m) for m in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
         }

@@ -211,30 +211,37 @@ def transfer(
 
 @dataclass(frozen=True)
 class _BlockGrid:
-    """One reference's ``[C, Hr*s, Wr*s]`` features seen, without copying, as a grid of
-    ``s x s`` blocks: ``blocks[:, y, :, x, :]`` is block (y, x) as ``[C, s, s]``."""
+    """One reference's ``[C, Hr*s, Wr*s]`` features seen as a grid of ``s x s`` blocks:
+    ``blocks[y, :, x]`` is block (y, x) as ``[s, s, C]``.
+
+    A view, not a copy, of channels-last features (as :meth:`TTSR.encode_reference` stores
+    them): each block row is then ``s * C`` contiguous numbers, which gathers fast.  Other
+    layouts are copied into it first.
+    """
 
     blocks: torch.Tensor
 
     @classmethod
     def of(cls, value: torch.Tensor, s: int) -> _BlockGrid:
         c, hs, ws = value.shape
-        return cls(value.view(c, hs // s, s, ws // s, s))
+        return cls(value.permute(1, 2, 0).contiguous().view(hs // s, s, ws // s, s, c))
 
     @property
     def height(self) -> int:
-        return self.blocks.shape[1]
+        return self.blocks.shape[0]
 
     @property
     def width(self) -> int:
-        return self.blocks.shape[3]
+        return self.blocks.shape[2]
 
 
 def _fold_matches(
     grids: Sequence[_BlockGrid], index: torch.Tensor, h: int, w: int, dtype: torch.dtype
 ) -> torch.Tensor:
     """Sum, for each of the nine neighbour offsets in turn, the block beside each match onto
-    the block beside its LR position (zero where the neighbour is outside its reference)."""
+    the block beside its LR position (zero where the neighbour is outside its reference).
+    Returns ``[C, h*s, w*s]`` in channels-last memory, as the main network's convolutions
+    like it."""
     sizes = [g.height * g.width for g in grids]
     offsets = torch.tensor([0, *sizes[:-1]], device=index.device).cumsum(0)
     ref = torch.searchsorted(offsets, index, right=True) - 1
@@ -242,16 +249,16 @@ def _fold_matches(
     ref_w = torch.tensor([g.width for g in grids], device=index.device)[ref]
     ref_h = torch.tensor([g.height for g in grids], device=index.device)[ref]
     jy, jx = local // ref_w, local % ref_w
-    c, s = grids[0].blocks.shape[0], grids[0].blocks.shape[2]
-    out = torch.zeros(h + 2, w + 2, c, s, s, dtype=dtype, device=index.device)
+    s, c = grids[0].blocks.shape[1], grids[0].blocks.shape[4]
+    out = torch.zeros(h + 2, w + 2, s, s, c, dtype=dtype, device=index.device)
     for ay in (-1, 0, 1):
         for ax in (-1, 0, 1):
             ny, nx = jy + ay, jx + ax
             inside = (ny >= 0) & (ny < ref_h) & (nx >= 0) & (nx < ref_w)
             gathered = _gather_blocks(grids, ref, ny, nx, inside, dtype)
-            out[1 + ay : 1 + ay + h, 1 + ax : 1 + ax + w] += gathered.view(h, w, c, s, s)
-    out = out[1 : h + 1, 1 : w + 1]
-    return out.permute(2, 0, 3, 1, 4).reshape(c, h * s, w * s) / (PATCH * PATCH)
+            out[1 + ay : 1 + ay + h, 1 + ax : 1 + ax + w] += gathered.view(h, w, s, s, c)
+    out = out[1 : h + 1, 1 : w + 1].permute(0, 2, 1, 3, 4).reshape(h * s, w * s, c)
+    return out.permute(2, 0, 1) / (PATCH * PATCH)
 
 
 def _gather_blocks(
@@ -262,15 +269,15 @@ def _gather_blocks(
     inside: torch.Tensor,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """Block (ny, nx) of reference ``ref`` per position as ``[P, C, s, s]`` in ``dtype``;
+    """Block (ny, nx) of reference ``ref`` per position as ``[P, s, s, C]`` in ``dtype``;
     zero where ``inside`` is false."""
-    c, s = grids[0].blocks.shape[0], grids[0].blocks.shape[2]
-    gathered = torch.zeros(ref.shape[0], c, s, s, dtype=dtype, device=ref.device)
+    s, c = grids[0].blocks.shape[1], grids[0].blocks.shape[4]
+    gathered = torch.zeros(ref.shape[0], s, s, c, dtype=dtype, device=ref.device)
     for number, grid in enumerate(grids):
         taken = inside & (ref == number) if len(grids) > 1 else inside
         rows = taken.nonzero().squeeze(1)
-        # Advanced indices split by a slice put the indexed dimension first: [k, C, s, s].
-        gathered[rows] = grid.blocks[:, ny[rows], :, nx[rows], :].to(dtype)
+        # Advanced indices split by a slice put the indexed dimension first: [k, s, s, C].
+        gathered[rows] = grid.blocks[ny[rows], :, nx[rows]].to(dtype)
     return gathered
 
 

@@ -154,6 +154,10 @@ class LTE(nn.Module):
 def _level_like(
     feature: torch.Tensor, image: torch.Tensor, scale: int, dtype: torch.dtype | None
 ) -> torch.Tensor:
-    """An empty map for a whole level of ``image`` at 1/``scale``, of ``feature``'s kind."""
+    """An empty map for a whole level of ``image`` at 1/``scale``, of ``feature``'s kind, in
+    channels-last memory (as references' values are kept for the transfer)."""
     shape = (*feature.shape[:-2], image.shape[-2] // scale, image.shape[-1] // scale)
-    return feature.new_empty(shape, dtype=dtype or feature.dtype)
+    layout = torch.channels_last if feature.dim() == 4 else torch.contiguous_format
+    return torch.empty(
+        shape, dtype=dtype or feature.dtype, device=feature.device, memory_format=layout
+    )

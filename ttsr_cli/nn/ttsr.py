@@ -120,6 +120,8 @@ class TTSR(nn.Module):
         computed dtype, so the search's matches do not change."""
         key = self.LTE.encode_lv3((refsr + 1) / 2, budget_bytes)
         values = self.LTE.encode((ref + 1) / 2, budget_bytes, values_dtype)
+        # Channels-last values: transfer gathers whole rows of blocks from them.
+        values = tuple(v.contiguous(memory_format=torch.channels_last) for v in values)
         return ReferenceFeatures(key=key, values=values)
 
     def upscale(
@@ -129,18 +131,21 @@ class TTSR(nn.Module):
         references: Sequence[ReferenceFeatures],
         search_budget: int | None = None,
         search: str = "exact",
+        query: torch.Tensor | None = None,
     ) -> TTSROutput:
         """Super-resolve ``lr`` with textures from one or more encoded references.
 
         With several references every LR patch takes its best match across all of them.
         ``search_budget`` bounds the relevance search's working memory in bytes (default: a
         share of the device's free memory); it never changes the result.  ``search`` names
-        one of :data:`SEARCHES`.
+        one of :data:`SEARCHES`.  ``query``: the LTE lv3 of ``lrsr`` when it is already at
+        hand (an image that is its own reference has it among its reference's values).
         """
         if not references:
             raise ValueError("at least one reference is needed")
         budget = search_budget or default_search_budget(lr.device)
-        query = self.LTE.lv3((lrsr + 1) / 2)
+        if query is None:
+            query = self.LTE.lv3((lrsr + 1) / 2)
         S, t_lv3, t_lv2, t_lv1, index = search_and_transfer(
             query,
             [r.key for r in references],
