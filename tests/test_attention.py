@@ -124,13 +124,29 @@ def test_plan_fits_the_budget_and_uses_it() -> None:
     assert (small.query, small.key) == (10, 20)
 
 
-@pytest.mark.parametrize(("h", "w", "positions"), [(7, 5, 1000), (7, 5, 30), (7, 5, 9), (1, 1, 1)])
-def test_tiles_cover_every_position_once_in_row_major_order(h: int, w: int, positions: int):
+@pytest.mark.parametrize(
+    ("h", "w", "positions"), [(7, 5, 1000), (7, 5, 30), (7, 5, 9), (1, 1, 1), (40, 90, 400)]
+)
+def test_tiles_cover_every_position_once(h: int, w: int, positions: int):
     seen = []
     for tile in _tiles(h, w, positions):
         assert (tile.height + 2) * (tile.width + 2) <= max(positions, 9)
         seen += [y * w + x for y in range(tile.y0, tile.y1) for x in range(tile.x0, tile.x1)]
-    assert seen == list(range(h * w))
+    assert sorted(seen) == list(range(h * w))
+
+
+def test_tiles_are_square_where_the_map_allows() -> None:
+    tiles = list(_tiles(40, 90, 400))
+    assert (tiles[0].height, tiles[0].width) == (18, 18)
+
+
+def test_ties_go_to_the_lowest_position_whatever_the_tile_order() -> None:
+    """Every key patch equal: the dense arg-max is position 0, with any block sizes."""
+    query, key = torch.rand(1, 3, 6, 6), torch.ones(1, 3, 9, 9)
+    key[..., 0, :] = key[..., -1, :] = key[..., :, 0] = key[..., :, -1] = 2.0  # unequal rim
+    for budget in (10**9, 3000, 400):
+        index, _ = dense_search(query, key)
+        assert torch.equal(relevance_search(query, [key], budget).index, index)
 
 
 def test_zero_patches_match_nothing_better_than_the_first_position() -> None:

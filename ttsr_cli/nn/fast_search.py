@@ -29,7 +29,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ttsr_cli.nn.attention import Correspondence, _patch_norms, relevance_search
+from ttsr_cli.nn.attention import (
+    MAX_BLOCK_BYTES,
+    Correspondence,
+    _patch_norms,
+    relevance_search,
+)
 
 FACTOR = 4
 MARGIN = 1
@@ -39,7 +44,7 @@ PROPAGATION_PASSES = 1
 EXACT_KEYS = 4096
 #: ``--search auto`` stays exact up to this many multiply-adds in the search (a few seconds on
 #: a laptop CPU), and goes fast beyond: there the exact search grows with the product of sizes.
-AUTO_EXACT_MACS = 5e11
+AUTO_EXACT_MACS = 5e10
 _OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 
 
@@ -186,7 +191,7 @@ def _refine(
     q_pad = F.pad(query, (1, 1 + wc * f - w, 1, 1 + hc * f - h))
     elem = query.element_size()
     per_cell = n_win * (side + 2) ** 2 * (c + 3 * (f + 2) ** 2) * elem
-    rows_per_chunk = max(1, budget_bytes // max(1, per_cell * wc))
+    rows_per_chunk = max(1, min(budget_bytes, MAX_BLOCK_BYTES) // max(1, per_cell * wc))
     best = torch.empty(hc * f, wc * f, dtype=torch.long, device=query.device)
     value = torch.empty(hc * f, wc * f, dtype=query.dtype, device=query.device)
     span = torch.arange(side + 2, device=query.device)
