@@ -88,7 +88,9 @@ def test_several_references_and_budgets(images, tiny_weights: Path, tmp_path: Pa
         )
         assert result.returncode == 0, result.stderr
         outputs.append(np.asarray(Image.open(out)))
-    assert np.array_equal(outputs[0], outputs[1])  # the budget never changes the result
+    # A tight budget stores the references' textures in fp16: at most one level of change.
+    difference = np.abs(outputs[0].astype(int) - outputs[1].astype(int))
+    assert difference.max() <= 1 and (difference == 0).mean() > 0.95
 
 
 def test_output_format_follows_extension(images, tiny_weights: Path, tmp_path: Path) -> None:
