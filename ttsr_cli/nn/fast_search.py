@@ -65,7 +65,7 @@ def fast_relevance_search(
     for b in range(n):
         references = [k[b if k.shape[0] > 1 else 0] for k in keys]
         best, value = _search(query[b], references, budget_bytes)
-        index[b] = best.view(-1)
+        index[b] = best.reshape(-1)
         score[b, 0] = value / _patch_norms(query[b])
     return Correspondence(index=index, score=score)
 
