@@ -350,3 +350,46 @@ def test_reduced_precision_steps_run_and_resume(photos: Path, tmp_path: Path, pr
     assert all(np.isfinite(r["loss"]) for r in records)
     state = torch.load(run / "checkpoints" / "step-3.pt", weights_only=True)
     assert ("scale" in state["scaler"]) == (precision == "fp16")
+
+
+def _mean_off_diagonal_cosine(lte: torch.nn.Module, image: torch.Tensor) -> float:
+    """Mean relevance (3x3-patch cosine) between different lv3 positions of one image."""
+    patches = torch.nn.functional.unfold(lte.lv3((image + 1) / 2), 3, padding=1)[0]
+    unit = torch.nn.functional.normalize(patches, dim=0)
+    cos = unit.t() @ unit
+    n = cos.shape[0]
+    return float((cos.sum() - cos.diagonal().sum()) / (n * n - n))
+
+
+def test_matching_loss_makes_a_random_lte_tell_patches_apart() -> None:
+    """The failure it addresses: a random LTE scores every pair of patches near cosine 1."""
+    from ttsr_cli.losses import matching_loss
+    from ttsr_cli.nn.lte import LTE
+
+    torch.manual_seed(0)
+    lte = LTE((8, 16, 32))
+    images = torch.stack(
+        [
+            torch.from_numpy(sample_image(name, (64, 64))).permute(2, 0, 1).float() / 127.5 - 1
+            for name in ("astronaut", "coffee", "chelsea")
+        ]
+    )
+    before = _mean_off_diagonal_cosine(lte, images[:1])
+    optimizer = torch.optim.Adam(lte.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(30):
+        loss = matching_loss(lte, images)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    with torch.no_grad():
+        after = _mean_off_diagonal_cosine(lte, images[:1])
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    assert before > 0.8 and after < before - 0.2, (before, after)
+
+
+def test_match_loss_option_is_logged(photos: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(options(photos, run, steps=2, match_loss=0.1))
+    assert all(r["match"] > 0 for r in step_records(run))

@@ -347,6 +347,13 @@ def train(
     lr_decay_steps: Annotated[
         int, typer.Option(help="Halve the rates every N steps (0: never).")
     ] = 0,
+    match_loss: Annotated[
+        float,
+        typer.Option(
+            help="Weight of the LTE matching loss (contrastive; 0: off, as the paper). "
+            "Helps an LTE trained from scratch tell patches apart."
+        ),
+    ] = 0.0,
     channels_last: Annotated[
         bool, typer.Option("--channels-last", help="NHWC memory layout.")
     ] = False,
@@ -389,6 +396,7 @@ def train(
             lr=lr,
             lr_lte=lr_lte,
             lr_decay_steps=lr_decay_steps,
+            match_loss=match_loss,
             channels_last=channels_last,
             compile=compile,
             val=val,

@@ -1,6 +1,7 @@
 """The paper's losses: reconstruction (L1), perceptual (VGG19 relu5_1, MSE), transferal
 perceptual (LTE features of the output against the transferred textures T) and adversarial
-(WGAN-GP with the original critic)."""
+(WGAN-GP with the original critic); and one of ours, a matching loss for an LTE trained from
+scratch (:func:`matching_loss`)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,44 @@ def transferal_perceptual_loss(lte: LTE, out: TTSROutput) -> torch.Tensor:
     targets = (out.T_lv1, out.T_lv2, out.T_lv3)
     total = sum(F.mse_loss(f * w, t * w) for f, t, w in zip(feats, targets, weights, strict=True))
     return total / 3
+
+
+#: Matching loss: temperature of the cosine logits, and LR-up positions scored per image.
+MATCH_TEMPERATURE = 0.07
+MATCH_QUERIES = 64
+
+
+def matching_loss(lte: LTE, lrsr: torch.Tensor) -> torch.Tensor:
+    """Contrastive loss that makes the relevance embedding discriminative (InfoNCE).
+
+    The paper's LTE starts from ImageNet VGG, whose features already tell patches apart.  A
+    randomly initialised one does not: its post-ReLU 3x3 patches all have cosine near 1, so
+    soft attention is near 1 for true and unrelated references alike and the main network has
+    no signal for when to trust the transferred texture.  Here each sampled 3x3 lv3 patch of
+    a photometrically jittered copy of the LR-up must be closer (the relevance's cosine) to
+    the same position of the LR-up than to every other position of every image in the batch.
+    """
+    x = (lrsr + 1) / 2
+    n = x.shape[0]
+    shape = (n, 3, 1, 1)
+    gain = 1 + 0.1 * torch.randn(shape, device=x.device, dtype=x.dtype)
+    bias = 0.05 * torch.randn(shape, device=x.device, dtype=x.dtype)
+    noise = 0.01 * torch.randn(x.shape, device=x.device, dtype=x.dtype)
+    jittered = (x * gain + bias + noise).clamp(0, 1)
+    keys = _unit_patches(lte.lv3(x))  # [N, L, D]
+    queries = _unit_patches(lte.lv3(jittered))
+    length = keys.shape[1]
+    picks = torch.randint(length, (n, min(MATCH_QUERIES, length)), device=x.device)
+    chosen = torch.gather(queries, 1, picks.unsqueeze(-1).expand(-1, -1, queries.shape[-1]))
+    logits = chosen.flatten(0, 1) @ keys.flatten(0, 1).t() / MATCH_TEMPERATURE
+    targets = (picks + length * torch.arange(n, device=x.device).unsqueeze(1)).flatten()
+    return F.cross_entropy(logits, targets)
+
+
+def _unit_patches(feat: torch.Tensor) -> torch.Tensor:
+    """Unit-length zero-padded 3x3 patches of ``[N, C, H, W]`` as ``[N, H*W, 9C]``, in fp32:
+    the vectors whose dot products the relevance search takes."""
+    return F.normalize(F.unfold(feat.float(), 3, padding=1), dim=1).transpose(1, 2)
 
 
 def critic_loss(critic: nn.Module, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

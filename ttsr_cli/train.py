@@ -33,6 +33,7 @@ from ttsr_cli.errors import TTSRError
 from ttsr_cli.losses import (
     critic_loss,
     generator_adversarial_loss,
+    matching_loss,
     perceptual_loss,
     reconstruction_loss,
     transferal_perceptual_loss,
@@ -86,6 +87,7 @@ class TrainOptions:
     lr_lte: float = 1e-5
     lr_decay_steps: int = 0
     lr_gamma: float = 0.5
+    match_loss: float = 0.0
     channels_last: bool = False
     compile: bool = False
     val: Path | None = None
@@ -221,7 +223,9 @@ class Trainer:
         torch.manual_seed(self.opts.seed * 1_000_003 + self.step * 4099 + self.dist.rank)
         x = {k: self._to_device(v) for k, v in batch.items()}
         full = self.step >= self.warmup_steps
-        weights = self.weights if full else {"rec": 1.0}
+        weights = dict(self.weights if full else {"rec": 1.0})
+        if self.opts.match_loss:
+            weights["match"] = self.opts.match_loss
         self.net.train()
         self.optimizer.zero_grad(set_to_none=True)
         terms: dict[str, torch.Tensor] = {}
@@ -232,6 +236,8 @@ class Trainer:
                 terms["per"] = perceptual_loss(self.vgg, out.sr, x["hr"])
             if "tpl" in weights:
                 terms["tpl"] = transferal_perceptual_loss(self.model.LTE, out)
+            if "match" in weights:
+                terms["match"] = matching_loss(self.model.LTE, x["lrsr"])
         logged: dict[str, float] = {}
         if "adv" in weights:
             logged["critic"] = self._critic_steps(out.sr.float(), x["hr"])

@@ -87,8 +87,10 @@ def main() -> None:
     for i, (hr, ref) in enumerate(pairs):
         other = pairs[(i + len(pairs) // 2) % len(pairs)][1]
         rows.append(measure(upscaler, hr, {"self": None, "unrelated": other, "true": ref}))
-    print(f"{weights.name}, {len(rows)} Urban100 pairs, {args.search} search, "
-          f"{time.perf_counter() - start:.0f} s")
+    print(
+        f"{weights.name}, {len(rows)} Urban100 pairs, {args.search} search, "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     print("\n".join(summary(rows)))
 
 
