@@ -130,12 +130,27 @@ def _block_relevance(query: torch.Tensor, qt: _Tile, key: torch.Tensor, kt: _Til
     k = key[:, kt.y0 : kt.y1 + 2, kt.x0 : kt.x1 + 2].reshape(c, -1)
     qh, qw, kh, kw = qt.height, qt.width, kt.height, kt.width
     pixels = torch.mm(q.t(), k).view(qh + 2, qw + 2, kh + 2, kw + 2)
-    cols = pixels[:, 0:qw, :, 0:kw] + pixels[:, 1 : qw + 1, :, 1 : kw + 1]
-    cols += pixels[:, 2 : qw + 2, :, 2 : kw + 2]
-    del pixels
-    patches = cols[0:qh, :, 0:kh] + cols[1 : qh + 1, :, 1 : kh + 1]
-    patches += cols[2 : qh + 2, :, 2 : kh + 2]
-    return patches.view(qh * qw, kh * kw)
+    return patch_sums(pixels, (0, 1), (2, 3)).view(qh * qw, kh * kw)
+
+
+def patch_sums(
+    pixels: torch.Tensor, query_axes: tuple[int, int], key_axes: tuple[int, int]
+) -> torch.Tensor:
+    """3x3-patch products from pixel products: the sum over the nine offsets d of the
+    products at (query position + d, key position + d).
+
+    ``pixels`` holds products between two padded grids, whose (row, column) axes are
+    ``query_axes`` and ``key_axes``; each of those four axes comes out two shorter.  Columns
+    are summed first, then rows: at most three such arrays are alive (``_BLOCK_COPIES``).
+    """
+    for q_axis, k_axis in zip(reversed(query_axes), reversed(key_axes), strict=True):
+        nq, nk = pixels.shape[q_axis] - 2, pixels.shape[k_axis] - 2
+        shifted = [pixels.narrow(q_axis, d, nq).narrow(k_axis, d, nk) for d in range(3)]
+        summed = shifted[0] + shifted[1]
+        summed += shifted[2]
+        del shifted
+        pixels = summed
+    return pixels
 
 
 def relevance_search(
@@ -250,11 +265,10 @@ def _fold_matches(
     like it."""
     sizes = [g.height * g.width for g in grids]
     offsets = torch.tensor([0, *sizes[:-1]], device=index.device).cumsum(0)
-    ref = torch.searchsorted(offsets, index, right=True) - 1
-    local = index - offsets[ref]
-    ref_w = torch.tensor([g.width for g in grids], device=index.device)[ref]
+    widths = torch.tensor([g.width for g in grids], device=index.device)
+    ref, jy, jx = locate(index, offsets, widths)
+    ref_w = widths[ref]
     ref_h = torch.tensor([g.height for g in grids], device=index.device)[ref]
-    jy, jx = local // ref_w, local % ref_w
     s, c = grids[0].blocks.shape[1], grids[0].blocks.shape[4]
     out = torch.zeros(h + 2, w + 2, s, s, c, dtype=dtype, device=index.device)
     for ay in (-1, 0, 1):
@@ -265,6 +279,17 @@ def _fold_matches(
             out[1 + ay : 1 + ay + h, 1 + ax : 1 + ax + w] += gathered.view(h, w, s, s, c)
     out = out[1 : h + 1, 1 : w + 1].permute(0, 2, 1, 3, 4).reshape(h * s, w * s, c)
     return out.permute(2, 0, 1) / (PATCH * PATCH)
+
+
+def locate(
+    index: torch.Tensor, offsets: torch.Tensor, widths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positions counted over several row-major grids concatenated -> (grid, row, column).
+    ``offsets``: each grid's first position; ``widths``: each grid's width."""
+    ref = torch.searchsorted(offsets, index, right=True) - 1
+    local = index - offsets[ref]
+    width = widths[ref]
+    return ref, local // width, local % width
 
 
 def _gather_blocks(

@@ -33,6 +33,8 @@ from ttsr_cli.nn.attention import (
     MAX_BLOCK_BYTES,
     Correspondence,
     _patch_norms,
+    locate,
+    patch_sums,
     relevance_search,
 )
 
@@ -116,10 +118,7 @@ class _Grids:
 
     def split(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Global position -> (reference, row, column)."""
-        ref = torch.searchsorted(self.offsets, index, right=True) - 1
-        local = index - self.offsets[ref]
-        width = self.widths[ref]
-        return ref, local // width, local % width
+        return locate(index, self.offsets, self.widths)
 
     def join(self, ref: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(reference, row, column), clamped into that reference -> global position."""
@@ -205,7 +204,8 @@ def _refine(
         pix = table.pixel_index(rr.reshape(-1), yy, xx, span).view(n, -1)
         k = table.pixels[pix]  # [cells, windows * (L+2)^2, C]
         products = torch.bmm(q, k.transpose(1, 2))
-        rel = _patch_sums(products.view(n, f + 2, f + 2, n_win, side + 2, side + 2))
+        products = products.view(n, f + 2, f + 2, n_win, side + 2, side + 2)
+        rel = patch_sums(products, (1, 2), (4, 5))
         positions = table.position(rr.reshape(-1), yy, xx, inner).view(n, 1, -1)
         rel = rel.reshape(n, f * f, -1) * table.inv_norm[positions] + table.bias[positions]
         top, arg = rel.max(dim=2)
@@ -214,17 +214,6 @@ def _refine(
         best[block] = _cells_to_map(table.original(chosen), r1 - r0, wc)
         value[block] = _cells_to_map(top, r1 - r0, wc)
     return best[:h, :w], value[:h, :w]
-
-
-def _patch_sums(products: torch.Tensor) -> torch.Tensor:
-    """``[n, F+2, F+2, W, L+2, L+2]`` pixel products -> ``[n, F, F, W, L, L]`` 3x3-patch
-    products: sum over the nine offsets d of products at (i + d, j + d)."""
-    f, side = products.shape[1] - 2, products.shape[-1] - 2
-    cols = products[:, :, 0:f, :, :, 0:side] + products[:, :, 1 : f + 1, :, :, 1 : side + 1]
-    cols += products[:, :, 2 : f + 2, :, :, 2 : side + 2]
-    rows = cols[:, 0:f, :, :, 0:side] + cols[:, 1 : f + 1, :, :, 1 : side + 1]
-    rows += cols[:, 2 : f + 2, :, :, 2 : side + 2]
-    return rows
 
 
 def _cells_to_map(cells: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
