@@ -133,3 +133,12 @@ def test_without_propagation_passes(photo_pair, monkeypatch: pytest.MonkeyPatch)
     fast = fast_relevance_search(query, [key], BUDGET)
     chosen = relevance(query, [key]).gather(1, fast.index.view(-1, 1)).view_as(fast.score)
     torch.testing.assert_close(fast.score, chosen, atol=1e-5, rtol=1e-5)
+
+
+def test_each_distinct_window_is_scored_once() -> None:
+    """Windows that neighbours share are gathered once: distinct ids first, then the count."""
+    ids = torch.tensor([[5, 5, 3, 5, 3, 9], [7, 7, 7, 7, 7, 7]])
+    slots, counts = fast_search._distinct_first(ids)
+    assert counts.tolist() == [3, 1]
+    assert sorted(ids[0, slots[0, :3]].tolist()) == [3, 5, 9]
+    assert ids[1, slots[1, 0]] == 7

@@ -178,42 +178,76 @@ def _refine(
     Per cell, one matrix product of pixel vectors: the cell's ``(F+2)^2`` query pixels (halo
     included) against each window's ``(L+2)^2`` key pixels, then shifted sums over the nine
     patch offsets, as the exact search does, which needs a ninth of the multiplications and
-    gathers of unfolded patches.
+    gathers of unfolded patches.  Where neighbours' matches agree, as they mostly do on
+    structured content, several of a cell's windows are the same one: each distinct window is
+    gathered and scored once (cells are grouped by how many distinct windows they have).
     """
     c, h, w = query.shape
     f, side = FACTOR, FACTOR + 2 * MARGIN
-    ref, top, left = windows
+    ref, y0, x0 = table.place(*windows)
+    ids = table.window_ids(ref, y0, x0)
     hc, wc, n_win = ref.shape
-    # Windows shifted (not cut) to lie inside their reference.
-    y0 = torch.minimum(top.clamp_min(0), table.heights[ref] - side)
-    x0 = torch.minimum(left.clamp_min(0), table.widths[ref] - side)
     q_pad = F.pad(query, (1, 1 + wc * f - w, 1, 1 + hc * f - h))
     elem = query.element_size()
     per_cell = n_win * (side + 2) ** 2 * (c + 3 * (f + 2) ** 2) * elem
     rows_per_chunk = max(1, min(budget_bytes, MAX_BLOCK_BYTES) // max(1, per_cell * wc))
     best = torch.empty(hc * f, wc * f, dtype=torch.long, device=query.device)
     value = torch.empty(hc * f, wc * f, dtype=query.dtype, device=query.device)
-    span = torch.arange(side + 2, device=query.device)
-    inner = torch.arange(side, device=query.device)
     for r0 in range(0, hc, rows_per_chunk):
         r1 = min(hc, r0 + rows_per_chunk)
         n = (r1 - r0) * wc
         q = F.unfold(q_pad[None, :, r0 * f : r1 * f + 2], f + 2, stride=f)
         q = q.view(c, (f + 2) ** 2, n).permute(2, 1, 0).contiguous()  # [cells, (F+2)^2, C]
-        rr, yy, xx = ref[r0:r1].reshape(n, n_win), y0[r0:r1].reshape(-1), x0[r0:r1].reshape(-1)
-        pix = table.pixel_index(rr.reshape(-1), yy, xx, span).view(n, -1)
-        k = table.pixels[pix]  # [cells, windows * (L+2)^2, C]
-        products = torch.bmm(q, k.transpose(1, 2))
-        products = products.view(n, f + 2, f + 2, n_win, side + 2, side + 2)
-        rel = patch_sums(products, (1, 2), (4, 5))
-        positions = table.position(rr.reshape(-1), yy, xx, inner).view(n, 1, -1)
-        rel = rel.reshape(n, f * f, -1) * table.inv_norm[positions] + table.bias[positions]
-        top, arg = rel.max(dim=2)
-        chosen = torch.gather(positions.expand(-1, f * f, -1), 2, arg[..., None])[..., 0]
+        rr, yy, xx = (t[r0:r1].reshape(n, n_win) for t in (ref, y0, x0))
+        slots, counts = _distinct_first(ids[r0:r1].reshape(n, n_win))
+        chosen = torch.empty(n, f * f, dtype=torch.long, device=query.device)
+        top = torch.empty(n, f * f, dtype=query.dtype, device=query.device)
+        for u in counts.unique().tolist():
+            cells = (counts == u).nonzero().squeeze(1)
+            slot = slots[cells, :u]
+            chosen[cells], top[cells] = _score_windows(
+                q[cells], table, *(t[cells].gather(1, slot) for t in (rr, yy, xx))
+            )
         block = (slice(r0 * f, r1 * f), slice(None))
         best[block] = _cells_to_map(table.original(chosen), r1 - r0, wc)
         value[block] = _cells_to_map(top, r1 - r0, wc)
     return best[:h, :w], value[:h, :w]
+
+
+def _distinct_first(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of window ids ``[cells, W]``: the slots reordered so that each distinct window
+    comes once, first, and how many distinct windows the row has."""
+    sorted_ids, order = ids.sort(dim=1)
+    new = torch.ones_like(sorted_ids, dtype=torch.bool)
+    new[:, 1:] = sorted_ids[:, 1:] != sorted_ids[:, :-1]
+    first = (~new).to(torch.uint8).sort(dim=1, stable=True).indices
+    return torch.gather(order, 1, first), new.sum(dim=1)
+
+
+def _score_windows(
+    q: torch.Tensor, table: _KeyTable, ref: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best position (grown numbering) and its relevance, un-normalised by the query patch
+    norm, for each of the ``F x F`` positions of each cell, over that cell's windows.
+
+    ``q``: the cells' padded query pixels ``[cells, (F+2)^2, C]``; ``ref``, ``y0``, ``x0``: the
+    windows' reference and top-left position, ``[cells, windows]``.
+    """
+    f, side = FACTOR, FACTOR + 2 * MARGIN
+    n, n_win = ref.shape
+    span = torch.arange(side + 2, device=q.device)
+    inner = torch.arange(side, device=q.device)
+    ref, y0, x0 = ref.reshape(-1), y0.reshape(-1), x0.reshape(-1)
+    k = table.pixels[table.pixel_index(ref, y0, x0, span).view(n, -1)]  # [cells, W (L+2)^2, C]
+    products = torch.bmm(q, k.transpose(1, 2))
+    del k
+    products = products.view(n, f + 2, f + 2, n_win, side + 2, side + 2)
+    rel = patch_sums(products, (1, 2), (4, 5))
+    del products
+    positions = table.position(ref, y0, x0, inner).view(n, 1, -1)
+    rel = rel.reshape(n, f * f, -1) * table.inv_norm[positions] + table.bias[positions]
+    top, arg = rel.max(dim=2)
+    return torch.gather(positions.expand(-1, f * f, -1), 2, arg[..., None])[..., 0], top
 
 
 def _cells_to_map(cells: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -246,6 +280,20 @@ class _KeyTable:
             at = int(self.padded.offsets[i])
             pixels = self.pixels[at : at + (gh + 2) * (gw + 2)].view(gh + 2, gw + 2, -1)
             pixels[1 : h + 1, 1 : w + 1] = k.permute(1, 2, 0)
+
+    def place(
+        self, ref: torch.Tensor, top: torch.Tensor, left: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Windows of side ``FACTOR + 2 MARGIN`` shifted (not cut) to lie inside their
+        reference: ``(ref, top, left)``."""
+        side = FACTOR + 2 * MARGIN
+        top = torch.minimum(top.clamp_min(0), self.heights[ref] - side)
+        left = torch.minimum(left.clamp_min(0), self.widths[ref] - side)
+        return ref, top, left
+
+    def window_ids(self, ref: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+        """One number per placed window: the grown position of its top-left corner."""
+        return self.grids.offsets[ref] + top * self.widths[ref] + left
 
     def pixel_index(
         self, ref: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, span: torch.Tensor
