@@ -147,3 +147,14 @@ def test_training_checkpoint_keeps_what_shapes_cannot_tell(tmp_path: Path) -> No
     path = tmp_path / "step-10.pt"
     torch.save({"step": 10, "config": config.to_dict(), "model": TTSR(config).state_dict()}, path)
     assert load_model(path).config == config
+
+
+def test_saved_weights_get_the_usual_permissions(tmp_path: Path) -> None:
+    """Written through a 0600 temporary file, yet readable as any new file is (umask)."""
+    mask = os.umask(0o022)
+    try:
+        path = tmp_path / "model.safetensors"
+        save_safetensors(TTSR(TINY), path)
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(mask)
