@@ -2,14 +2,15 @@
 # Upscale a small batch made from scikit-image's bundled sample photos, each paired with a
 # sharper reference of the same scene, and print the JSON report.
 #
-#   examples/batch.sh --weights TTSR.pt [WORKDIR]
+#   examples/batch.sh [--weights TTSR.pt] [WORKDIR]
 #   TTSR_WEIGHTS=TTSR.pt examples/batch.sh [WORKDIR]
 #
-# There is no bundled model yet, so the weights must be given (an original TTSR.pt /
-# TTSR-rec.pt or a ttsr .safetensors).  WORKDIR defaults to a new temporary folder.
+# Without weights the bundled model is used; any checkpoint ttsr reads may be given instead
+# (an original TTSR.pt / TTSR-rec.pt or a ttsr .safetensors).  WORKDIR defaults to a new
+# temporary folder.
 set -euo pipefail
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
 
 weights="${TTSR_WEIGHTS:-}"
 workdir=""
@@ -21,11 +22,11 @@ while [ $# -gt 0 ]; do
         *) workdir="$1"; shift ;;
     esac
 done
-if [ -z "$weights" ]; then
-    echo "error: give --weights PATH or set TTSR_WEIGHTS (no bundled model yet)" >&2
-    exit 2
-fi
 workdir="${workdir:-$(mktemp -d)}"
+weights_args=()
+if [ -n "$weights" ]; then
+    weights_args=(--weights "$weights")
+fi
 
 # lr/NAME.png: a 256x256 crop of a sample, bicubic down x4 (64x64).
 # refs/NAME.png: an overlapping, shifted 256x256 crop at full resolution (the sharp reference).
@@ -47,6 +48,6 @@ for name in ("astronaut", "coffee", "chelsea"):
     Image.fromarray(np.ascontiguousarray(photo[40:296, 60:316])).save(root / "refs" / f"{name}.png")
 PY
 
-ttsr upscale "$workdir/lr" --ref-dir "$workdir/refs" --weights "$weights" \
+ttsr upscale "$workdir/lr" --ref-dir "$workdir/refs" "${weights_args[@]}" \
     -o "$workdir/sr" --json
 echo "outputs in $workdir/sr" >&2

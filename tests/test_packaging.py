@@ -1,4 +1,4 @@
-"""A wheel built from the checkout carries the model registry, cards and bundled weights.
+"""A wheel built from the checkout carries the model registry, cards and the bundled model.
 
 The wheel goes into a fresh virtual environment with no dependencies at all, and is imported
 from a temporary folder with no path to the checkout: what it lists can only come from the
@@ -6,7 +6,7 @@ installed package data.  Listing the registry imports neither torch nor huggingf
 (:mod:`ttsr_cli.registry` defers them), which is why no dependency is needed.  Then the
 running environment's packages are made visible to it (a ``.pth`` line, which does not
 process that environment's editable install of this project), and ``ttsr upscale`` runs from
-the wheel's code.
+the wheel's code with the wheel's bundled default model.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProce
     return result
 
 
-def test_the_wheel_carries_the_registry(tmp_path: Path, tiny_weights: Path) -> None:
+def test_the_wheel_carries_the_registry_and_the_bundled_model(tmp_path: Path) -> None:
     pip = (sys.executable, "-m", "pip")
     run(*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", ROOT, "-w", tmp_path / "dist")
     (wheel,) = (tmp_path / "dist").glob("ttsr-*.whl")
@@ -51,7 +51,7 @@ def test_the_wheel_carries_the_registry(tmp_path: Path, tiny_weights: Path) -> N
     run(*pip, "--python", python, "install", "-q", "--no-deps", "--no-index", wheel)
     listing = json.loads(run(python, "-c", LIST, cwd=tmp_path).stdout)
     assert Path(listing["path"]).is_relative_to(venv)
-    assert listing["models"] == ["ttsr-gan", "ttsr-rec"]
+    assert listing["models"] == ["ttsr", "ttsr-gan", "ttsr-rec"]
     assert listing["default"] == "ttsr"
     assert all(listing["cards"]) and listing["heavy"] == []
 
@@ -61,7 +61,7 @@ def test_the_wheel_carries_the_registry(tmp_path: Path, tiny_weights: Path) -> N
     image = save_png(tmp_path / "photo.png", sample_image("astronaut", (48, 40)))
     upscale = "import sys, ttsr_cli.cli as c; print(c.__file__, file=sys.stderr); c.app()"
     out = tmp_path / "x4.png"
-    args = ("upscale", image, "-w", tiny_weights, "-o", out)
+    args = ("upscale", image, "-o", out)  # no weights: the wheel's own bundled model
     result = run(python, "-c", upscale, *args, cwd=tmp_path)
     assert Path(result.stderr.splitlines()[0]).is_relative_to(venv)
     assert Image.open(out).size == (192, 160)

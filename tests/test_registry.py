@@ -18,11 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 from hub_server import fake_hub
+from PIL import Image
 
 from conftest import sample_image, save_png
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.nn import TTSR
 from ttsr_cli.registry import HubFile, load_registry, parse_hf_url
+from ttsr_cli.weights import load_model
 
 REPO, FILE = "test-org/ttsr-tiny", "tiny.safetensors"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
@@ -191,10 +193,17 @@ def test_model_and_weights_together(env: dict[str, str], image: Path, tiny_weigh
     one_error_line(result, "either --model or --weights")
 
 
-def test_without_weights_and_no_bundled_default(image: Path) -> None:
-    """The packaged registry: its default is not bundled yet."""
-    result = ttsr("upscale", image, env={})
-    one_error_line(result, "no bundled default model exists yet")
+def test_without_weights_the_bundled_model_runs_offline(image: Path, tmp_path: Path) -> None:
+    """The packaged registry's default is bundled: a plain run needs no network."""
+    out = tmp_path / "x4.png"
+    result = ttsr("upscale", image, "-o", out, "-q", env={"HF_HOME": str(tmp_path), **OFFLINE})
+    assert result.returncode == 0, result.stderr
+    assert Image.open(out).size == (96, 80)
+
+
+def test_a_registry_whose_default_is_missing(tmp_path: Path, env: dict[str, str]) -> None:
+    result = ttsr("upscale", save_png(tmp_path / "a.png", sample_image()), env=env)
+    one_error_line(result, "the default model 'local' is not in")
 
 
 def test_bundled_default_and_models_listing(
@@ -231,10 +240,11 @@ def test_published_models_need_their_repository(
 
 def test_packaged_registry() -> None:
     registry = load_registry()
-    assert set(registry.models) == {"ttsr-rec", "ttsr-gan"}
-    assert registry.default not in registry.models  # nothing bundled yet
+    assert set(registry.models) == {"ttsr", "ttsr-rec", "ttsr-gan"}
     for entry in registry.models.values():
         assert (registry.root / entry.card).is_file()
+    for name in ("ttsr-rec", "ttsr-gan"):
+        entry = registry.models[name]
         assert entry.hub is not None and entry.hub.repo_env == "TTSR_HUB_REPO"
         assert entry.config["num_res_blocks"] == [16, 16, 8, 4]
     assert registry.models["ttsr-rec"].published["CUFED5"] == [27.09, 0.804]
@@ -278,3 +288,15 @@ def test_default_must_be_bundled(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace('"local"', '"tiny"'), encoding="utf-8")
     with pytest.raises(TTSRError, match="must be bundled"):
         load_registry(path)
+
+
+def test_the_bundled_default_is_the_lite_model_it_claims() -> None:
+    """Its checksum, size limit (10 MB) and documented configuration match the file."""
+    registry = load_registry()
+    entry = registry.models[registry.default]
+    path = registry.root / str(entry.file)
+    data = path.read_bytes()
+    assert len(data) <= 10_000_000
+    assert hashlib.sha256(data).hexdigest() == entry.sha256
+    config = load_model(path).config.to_dict()
+    assert {k: config[k] for k in entry.config} == entry.config

@@ -153,8 +153,9 @@ def _default(registry: Registry) -> Path:
     entry = registry.models.get(registry.default)
     if entry is None or not (registry.root / str(entry.file)).is_file():
         raise TTSRError(
-            "no bundled default model exists yet: pass --weights FILE (e.g. TTSR.pt), "
-            "--weights hf://OWNER/REPO/FILE, or --model NAME (ttsr models lists them)"
+            f"the default model '{registry.default}' is not in {registry.root}: pass "
+            "--weights FILE (e.g. TTSR.pt), --weights hf://OWNER/REPO/FILE, or --model NAME "
+            "(ttsr models lists them)"
         )
     return fetch(registry, entry)
 
