@@ -126,9 +126,9 @@ def test_cli_unknown_search_is_a_usage_error(tmp_path: Path, tiny_weights: Path)
     assert "Traceback" not in result.stderr
 
 
-def test_without_propagation_passes(photo_pair, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The coarse-to-fine result alone (no second pass) is a valid, consistent answer too."""
-    monkeypatch.setattr(fast_search, "PROPAGATION_PASSES", 0)
+def test_with_a_propagation_pass(photo_pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second pass on the neighbours' fine matches (off by default) is consistent too."""
+    monkeypatch.setattr(fast_search, "PROPAGATION_PASSES", 1)
     query, key = photo_pair
     fast = fast_relevance_search(query, [key], BUDGET)
     chosen = relevance(query, [key]).gather(1, fast.index.view(-1, 1)).view_as(fast.score)
