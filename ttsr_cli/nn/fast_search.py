@@ -16,8 +16,8 @@ coarse-to-fine matching, this search
 4. optionally (:data:`PROPAGATION_PASSES`) repeats 2-3 with the windows placed on the
    neighbours' matches at this level, which mends matches the coarse level got slightly
    wrong.  Off by default: with the bundled model one pass changed PSNR by under 0.005 dB
-   against exact on real photos, at 1.7x the search time (1000x664, paper LTE: 8.0x faster
-   than exact with it, 13.9x without).
+   against exact on real photos, at 1.6x the search time (1000x664 photo pair, paper LTE,
+   ``bench_fast_search.py``: 11.4x faster than exact with it, 18.8x without).
 
 Work per query position is fixed (9 windows of ``(FACTOR + 2 MARGIN)^2`` positions), so the
 cost grows linearly with the image and (at the coarsest level only) with the reference.  The
