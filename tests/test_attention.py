@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -157,3 +160,31 @@ def test_zero_patches_match_nothing_better_than_the_first_position() -> None:
     index, score = dense_search(query, key)
     assert torch.equal(match.index, index)
     assert torch.equal(match.score, score)
+
+
+_MEASURE = """
+import resource, sys, torch
+from ttsr_cli.nn.attention import search_working_bytes
+from ttsr_cli.nn.ttsr import SEARCHES
+search = SEARCHES[sys.argv[1]]
+torch.manual_seed(0)
+query, key = torch.rand(1, 64, 48, 48), torch.rand(1, 64, 400, 400)
+search(query[..., :8, :8], [key[..., :80, :80]], 1 << 30)  # kernels, thread pools
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+search(query, [key], 1 << 30)
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+print(grown, search_working_bytes([key], 1 << 30), query.numel() * 4, key.numel() * 4)
+"""
+
+
+@pytest.mark.parametrize("search", ["exact", "fast"])
+def test_search_holds_no_more_than_tiles_leave_it(search: str) -> None:
+    """The pipeline sizes tiles by leaving ``search_working_bytes`` free for the search, not
+    its budget (1 GB here, far more): peak RSS in a fresh process, with a 41 MB key, must grow
+    by no more than that plus the query-sized maps (padded copy, norms, index, score)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURE, search], capture_output=True, text=True, check=True
+    )
+    grown, reserved, query_bytes, key_bytes = map(int, result.stdout.split())
+    assert reserved < 4 * key_bytes  # far below the 1 GB budget
+    assert grown <= reserved + 8 * query_bytes, (grown, reserved)

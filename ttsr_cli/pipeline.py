@@ -23,6 +23,7 @@ from ttsr_cli.devices import default_memory_budget, default_search_budget, searc
 from ttsr_cli.errors import InputError, TTSRError
 from ttsr_cli.imageio import ImageData, output_format, read_image, write_image
 from ttsr_cli.nn import TTSR
+from ttsr_cli.nn.attention import search_working_bytes
 from ttsr_cli.nn.fast_search import choose_search
 from ttsr_cli.nn.ttsr import SEARCHES, ReferenceFeatures, TTSROutput
 from ttsr_cli.pictures import (
@@ -221,7 +222,7 @@ class Upscaler:
             references = [self.encode_reference(lrsr)]
         grids = [(int(r.key.shape[-2]), int(r.key.shape[-1])) for r in references]
         search = self.search_for(h * w, sum(gh * gw for gh, gw in grids))
-        core = self.tile_core(h, w, references, search)
+        core = self.tile_core(h, w, references)
         if core is None:
             # As its own reference, the image's query features are its reference's lv3.
             lv3 = references[0].values[2]
@@ -245,19 +246,18 @@ class Upscaler:
         lr_height: int,
         lr_width: int,
         references: Sequence[ReferenceFeatures],
-        search: str = "exact",
     ) -> int | None:
         """Tile core side in LR pixels for an image of this size, or None to run it whole.
-        The fast search also holds a table of the keys' pixels (their size again)."""
+        Each tile runs the search, so what the search holds at most is left out of the
+        tiles' share (its blocks are capped, so that is far less than its budget)."""
         if self.tile is not None:
             return self.tile if self.tile < max(lr_height, lr_width) else None
         if self.memory_budget is None:
             budget = default_memory_budget(self.device)  # references already left free memory
         else:
             budget = self.memory_budget - sum(_feature_bytes(r) for r in references)
-        budget -= self.search_budget or default_search_budget(self.device)
-        if search == "fast":
-            budget -= sum(r.key.numel() * r.key.element_size() for r in references)
+        search_budget = self.search_budget or default_search_budget(self.device)
+        budget -= search_working_bytes([r.key for r in references], search_budget)
         config = self.model.config
         widths = (config.n_feats, config.lte_widths[0])
         elem_size = torch.finfo(self.precision).bits // 8
@@ -315,6 +315,7 @@ class Upscaler:
             cy, cx = slice(tile.y.core0, tile.y.core1), slice(tile.x.core0, tile.x.core1)
             attention[cy, cx] = _attention(out)[core]
             source[cy, cx] = _source(out)[core]
+            del out  # its textures would otherwise stay alive through the next tile's run
             if self.on_tile is not None:
                 self.on_tile(done, len(tiles))
         sr = to_image(total.unsqueeze(0), 16 if lr.dtype == np.uint16 else 8)

@@ -153,6 +153,19 @@ def patch_sums(
     return pixels
 
 
+#: Copies of the keys either search holds while it runs: the exact search a zero-padded copy,
+#: the fast one its key table (the keys plus a border) and pooled levels (1/16 of it each).
+KEY_COPIES = 1.2
+
+
+def search_working_bytes(keys: Sequence[torch.Tensor], budget_bytes: int) -> int:
+    """Most memory a search holds beyond its inputs and outputs: key copies, and blocks that
+    never exceed :data:`MAX_BLOCK_BYTES` (whatever ``budget_bytes``), counted twice for the
+    allocator's slack.  What a caller must leave free for the search, not its budget."""
+    key_bytes = sum(k.numel() * k.element_size() for k in keys)
+    return int(KEY_COPIES * key_bytes) + 2 * min(budget_bytes, MAX_BLOCK_BYTES)
+
+
 def relevance_search(
     query: torch.Tensor, keys: Sequence[torch.Tensor], budget_bytes: int
 ) -> Correspondence:
