@@ -315,10 +315,19 @@ def _gather_blocks(
 ) -> torch.Tensor:
     """Block (ny, nx) of reference ``ref`` per position as ``[P, s, s, C]`` in ``dtype``;
     zero where ``inside`` is false."""
+    if len(grids) == 1:
+        # One gather of every position (clamped into the grid), then zeros where outside:
+        # a third faster than gathering only the inside rows into a zeroed buffer.
+        grid = grids[0]
+        ny, nx = ny.clamp(0, grid.height - 1), nx.clamp(0, grid.width - 1)
+        gathered = grid.blocks[ny, :, nx].to(dtype)
+        if not bool(inside.all()):
+            gathered[~inside] = 0
+        return gathered
     s, c = grids[0].blocks.shape[1], grids[0].blocks.shape[4]
     gathered = torch.zeros(ref.shape[0], s, s, c, dtype=dtype, device=ref.device)
     for number, grid in enumerate(grids):
-        taken = inside & (ref == number) if len(grids) > 1 else inside
+        taken = inside & (ref == number)
         rows = taken.nonzero().squeeze(1)
         # Advanced indices split by a slice put the indexed dimension first: [k, s, s, C].
         gathered[rows] = grid.blocks[ny[rows], :, nx[rows]].to(dtype)
