@@ -268,6 +268,11 @@ class _BlockGrid:
     def width(self) -> int:
         return self.blocks.shape[2]
 
+    def at(self, ny: torch.Tensor, nx: torch.Tensor) -> torch.Tensor:
+        """Blocks (ny, nx), clamped into the grid, as ``[P, s, s, C]`` (advanced indices split
+        by a slice put the indexed dimension first)."""
+        return self.blocks[ny.clamp(0, self.height - 1), :, nx.clamp(0, self.width - 1)]
+
 
 def _fold_matches(
     grids: Sequence[_BlockGrid], index: torch.Tensor, h: int, w: int, dtype: torch.dtype
@@ -314,23 +319,21 @@ def _gather_blocks(
     dtype: torch.dtype,
 ) -> torch.Tensor:
     """Block (ny, nx) of reference ``ref`` per position as ``[P, s, s, C]`` in ``dtype``;
-    zero where ``inside`` is false."""
+    zero where ``inside`` is false.
+
+    Every position is gathered, clamped into its reference, and those outside are zeroed
+    afterwards: with one reference that is a single gather, a third faster than gathering
+    only the inside rows into a zeroed buffer."""
     if len(grids) == 1:
-        # One gather of every position (clamped into the grid), then zeros where outside:
-        # a third faster than gathering only the inside rows into a zeroed buffer.
-        grid = grids[0]
-        ny, nx = ny.clamp(0, grid.height - 1), nx.clamp(0, grid.width - 1)
-        gathered = grid.blocks[ny, :, nx].to(dtype)
-        if not bool(inside.all()):
-            gathered[~inside] = 0
-        return gathered
-    s, c = grids[0].blocks.shape[1], grids[0].blocks.shape[4]
-    gathered = torch.zeros(ref.shape[0], s, s, c, dtype=dtype, device=ref.device)
-    for number, grid in enumerate(grids):
-        taken = inside & (ref == number)
-        rows = taken.nonzero().squeeze(1)
-        # Advanced indices split by a slice put the indexed dimension first: [k, s, s, C].
-        gathered[rows] = grid.blocks[ny[rows], :, nx[rows]].to(dtype)
+        gathered = grids[0].at(ny, nx).to(dtype)
+    else:
+        s, c = grids[0].blocks.shape[1], grids[0].blocks.shape[4]
+        gathered = torch.empty(ref.shape[0], s, s, c, dtype=dtype, device=ref.device)
+        for number, grid in enumerate(grids):
+            rows = (ref == number).nonzero().squeeze(1)
+            gathered[rows] = grid.at(ny[rows], nx[rows]).to(dtype)
+    if not bool(inside.all()):
+        gathered[~inside] = 0
     return gathered
 
 
