@@ -20,7 +20,7 @@ takes its best match across all of them, and indices run over their positions co
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -296,7 +296,7 @@ def _fold_matches(
             gathered = _gather_blocks(grids, ref, ny, nx, inside, dtype)
             out[1 + ay : 1 + ay + h, 1 + ax : 1 + ax + w] += gathered.view(h, w, s, s, c)
     out = out[1 : h + 1, 1 : w + 1].permute(0, 2, 1, 3, 4).reshape(h * s, w * s, c)
-    return out.permute(2, 0, 1) / (PATCH * PATCH)
+    return out.div_(PATCH * PATCH).permute(2, 0, 1)  # in place: one output-sized map fewer
 
 
 def locate(
@@ -335,28 +335,3 @@ def _gather_blocks(
     if not bool(inside.all()):
         gathered[~inside] = 0
     return gathered
-
-
-SearchFn = Callable[[torch.Tensor, Sequence[torch.Tensor], int], Correspondence]
-
-
-def search_and_transfer(
-    query: torch.Tensor,
-    keys: Sequence[torch.Tensor],
-    values: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    budget_bytes: int,
-    search: SearchFn = relevance_search,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Relevance search, then soft attention S and the transferred textures T_lv3, T_lv2, T_lv1.
-
-    ``values``: per reference, its LTE features ``(lv1, lv2, lv3)``, in any storage dtype;
-    the textures come out in the query's.  ``search``: the exact search, or an
-    approximation with the same contract (``nn.fast_search``).
-    Returns ``(S, T_lv3, T_lv2, T_lv1, hard_index)``.
-    """
-    h, w = query.shape[-2:]
-    match = search(query, keys, budget_bytes)
-    t_lv3 = transfer([v[2] for v in values], match.index, (h, w), 1, query.dtype)
-    t_lv2 = transfer([v[1] for v in values], match.index, (h, w), 2, query.dtype)
-    t_lv1 = transfer([v[0] for v in values], match.index, (h, w), 4, query.dtype)
-    return match.score, t_lv3, t_lv2, t_lv1, match.index

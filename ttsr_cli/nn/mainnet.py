@@ -206,6 +206,17 @@ class MainNet(nn.Module):
         T_lv2: torch.Tensor,
         T_lv1: torch.Tensor,
     ) -> torch.Tensor:
+        return self.forward_4x(*self.forward_1x_2x(lr, S, T_lv3, T_lv2), S, T_lv1)
+
+    def forward_1x_2x(
+        self, lr: torch.Tensor, S: torch.Tensor, T_lv3: torch.Tensor, T_lv2: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stages 1 and 2: the 1x and 2x branches, ``([N, F, H, W], [N, F, 2H, 2W])``.
+
+        Split from :meth:`forward_4x` because the two differ in what tiles them well: these
+        stages see far (dozens of residual blocks at LR) but hold little memory, the 4x
+        stage holds most of the memory but sees only a few LR pixels further.
+        """
         # Stage 1 (LR resolution).
         x11 = self.SFE(lr)
         x11 = self._fuse(self.conv11_head, x11, T_lv3, S)
@@ -218,9 +229,12 @@ class MainNet(nn.Module):
         r21, r22 = self.ex12(x21, x22)
         x21 = self.conv21_tail(self.RB21(r21)).add_(x21)
         x22 = self.conv22_tail(self.RB22(r22)).add_(x22)
-        del r21, r22
+        return x21, x22
 
-        # Stage 3 (1x, 2x and 4x branches).
+    def forward_4x(
+        self, x21: torch.Tensor, x22: torch.Tensor, S: torch.Tensor, T_lv1: torch.Tensor
+    ) -> torch.Tensor:
+        """Stage 3 (1x, 2x and 4x branches) and the merge tail: the SR image."""
         x31, x32 = x21, x22
         x33 = F.relu_(self.ps23(self.conv23(x22)))
         x33 = self._fuse(self.conv33_head, x33, T_lv1, upsample(S, 4))

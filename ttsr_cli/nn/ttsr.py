@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ttsr_cli.devices import default_search_budget
-from ttsr_cli.nn.attention import relevance_search, search_and_transfer
+from ttsr_cli.nn.attention import Correspondence, relevance_search, transfer
 from ttsr_cli.nn.fast_search import fast_relevance_search
 from ttsr_cli.nn.lte import LTE
 from ttsr_cli.nn.mainnet import MainNet
@@ -81,6 +81,49 @@ class ReferenceFeatures:
 
 
 @dataclass
+class Coarse:
+    """What stages 1 and 2 hand to the 4x stage, at LR resolution H x W: the 1x and 2x
+    branches ``x1`` ``[N, F, H, W]`` and ``x2`` ``[N, F, 2H, 2W]``, soft attention ``S``
+    ``[N, 1, H, W]`` and hard attention ``index`` ``[N, H, W]``.  A tile of the 4x stage
+    needs only the same crop of each (:meth:`crop`)."""
+
+    x1: torch.Tensor
+    x2: torch.Tensor
+    S: torch.Tensor
+    index: torch.Tensor
+
+    @classmethod
+    def empty(cls, like: Coarse, height: int, width: int) -> Coarse:
+        """Uninitialised maps for a ``height x width`` LR image, of the kind of ``like``'s."""
+
+        def map_like(t: torch.Tensor, scale: int) -> torch.Tensor:
+            layout = torch.channels_last if t.dim() == 4 else torch.contiguous_format
+            shape = (*t.shape[:-2], height * scale, width * scale)
+            return torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=layout)
+
+        scales = (1, 2, 1, 1)  # x2 is at twice the LR resolution
+        return cls(*(map_like(t, s) for t, s in zip(like._maps(), scales, strict=True)))
+
+    def copy_(self, other: Coarse) -> None:
+        """Overwrite every map with ``other``'s (same sizes): pasting a tile into a crop."""
+        for into, value in zip(self._maps(), other._maps(), strict=True):
+            into.copy_(value)
+
+    def _maps(self) -> tuple[torch.Tensor, ...]:
+        return self.x1, self.x2, self.S, self.index
+
+    def crop(self, rows: slice, cols: slice) -> Coarse:
+        """LR rows and columns ``rows``, ``cols`` of every map (views, not copies)."""
+        up = (slice(rows.start * 2, rows.stop * 2), slice(cols.start * 2, cols.stop * 2))
+        return Coarse(
+            self.x1[..., rows, cols],
+            self.x2[..., up[0], up[1]],
+            self.S[..., rows, cols],
+            self.index[..., rows, cols],
+        )
+
+
+@dataclass
 class TTSROutput:
     """SR image in [-1, 1], soft attention S, transferred textures and the hard-attention index."""
 
@@ -141,22 +184,67 @@ class TTSR(nn.Module):
         one of :data:`SEARCHES`.  ``query``: the LTE lv3 of ``lrsr`` when it is already at
         hand (an image that is its own reference has it among its reference's values).
         """
+        match = self.attend(lrsr, references, search_budget, search, query)
+        size = tuple(match.score.shape[-2:])
+        t_lv3 = _transfer(references, 2, match.index, size, match.score.dtype)
+        t_lv2 = _transfer(references, 1, match.index, size, match.score.dtype)
+        x1, x2 = self.MainNet.forward_1x_2x(lr, match.score, t_lv3, t_lv2)
+        t_lv1 = _transfer(references, 0, match.index, size, match.score.dtype)
+        sr = self._finish(self.MainNet.forward_4x(x1, x2, match.score, t_lv1), lrsr)
+        return TTSROutput(sr, match.score, t_lv3, t_lv2, t_lv1, match.index)
+
+    def attend(
+        self,
+        lrsr: torch.Tensor,
+        references: Sequence[ReferenceFeatures],
+        search_budget: int | None = None,
+        search: str = "exact",
+        query: torch.Tensor | None = None,
+    ) -> Correspondence:
+        """Relevance search: hard attention (index) and soft attention (score) per LR
+        position, for the query ``query`` (default: the LTE lv3 of ``lrsr``)."""
         if not references:
             raise ValueError("at least one reference is needed")
-        budget = search_budget or default_search_budget(lr.device)
+        budget = search_budget or default_search_budget(lrsr.device)
         if query is None:
             query = self.LTE.lv3((lrsr + 1) / 2)
-        S, t_lv3, t_lv2, t_lv1, index = search_and_transfer(
-            query,
-            [r.key for r in references],
-            [r.values for r in references],
-            budget,
-            SEARCHES[search],
-        )
-        sr = self.MainNet(lr, S, t_lv3, t_lv2, t_lv1)
+        return SEARCHES[search](query, [r.key for r in references], budget)
+
+    def upscale_coarse(
+        self,
+        lr: torch.Tensor,
+        lrsr: torch.Tensor,
+        references: Sequence[ReferenceFeatures],
+        search_budget: int | None = None,
+        search: str = "exact",
+    ) -> Coarse:
+        """The first half of :meth:`upscale`: attention, lv3/lv2 textures, stages 1 and 2.
+        ``search_budget`` also bounds the LTE pass over ``lrsr``, which runs in bands within
+        it: at 4x resolution, with 64 channels for VGG's widths, it would otherwise hold more
+        than the stages that follow."""
+        budget = search_budget or default_search_budget(lrsr.device)
+        query = self.LTE.encode_lv3((lrsr + 1) / 2, budget)
+        match = self.attend(lrsr, references, budget, search, query)
+        size = tuple(match.score.shape[-2:])
+        t_lv3 = _transfer(references, 2, match.index, size, match.score.dtype)
+        t_lv2 = _transfer(references, 1, match.index, size, match.score.dtype)
+        x1, x2 = self.MainNet.forward_1x_2x(lr, match.score, t_lv3, t_lv2)
+        return Coarse(x1, x2, match.score, match.index.view(-1, *size))
+
+    def upscale_fine(
+        self, coarse: Coarse, lrsr: torch.Tensor, references: Sequence[ReferenceFeatures]
+    ) -> torch.Tensor:
+        """The second half of :meth:`upscale`: lv1 texture, stage 3 and the tail, from a
+        :class:`Coarse` (possibly a crop of a larger one): the SR image."""
+        size = tuple(coarse.S.shape[-2:])
+        index = coarse.index.reshape(coarse.index.shape[0], -1)
+        t_lv1 = _transfer(references, 0, index, size, coarse.S.dtype)
+        return self._finish(self.MainNet.forward_4x(coarse.x1, coarse.x2, coarse.S, t_lv1), lrsr)
+
+    def _finish(self, sr: torch.Tensor, lrsr: torch.Tensor) -> torch.Tensor:
         if self.config.global_skip:
             sr = (sr + lrsr).clamp(-1.0, 1.0)
-        return TTSROutput(sr=sr, S=S, T_lv3=t_lv3, T_lv2=t_lv2, T_lv1=t_lv1, hard_index=index)
+        return sr
 
     def forward(
         self,
@@ -167,3 +255,16 @@ class TTSR(nn.Module):
         search_budget: int | None = None,
     ) -> TTSROutput:
         return self.upscale(lr, lrsr, [self.encode_reference(ref, refsr)], search_budget)
+
+
+def _transfer(
+    references: Sequence[ReferenceFeatures],
+    level: int,
+    index: torch.Tensor,
+    size: tuple[int, int],
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Hard-attention texture transfer of the references' ``values[level]`` (0: lv1, 2: lv3)
+    in ``dtype``."""
+    scale = (4, 2, 1)[level]
+    return transfer([r.values[level] for r in references], index, size, scale, dtype)
