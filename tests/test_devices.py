@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -98,3 +101,38 @@ def test_explicit_precisions(fake, monkeypatch: pytest.MonkeyPatch) -> None:
     assert devices.select_precision("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(TTSRError, match="unknown precision"):
         devices.select_precision("int8", cuda)
+
+
+RETAINED_HEAP = """
+import os, sys, torch
+from ttsr_cli.devices import release_free_memory
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+big = torch.ones(4 << 20); del big  # a freed 16 MB block lifts glibc's mmap threshold
+blocks = [torch.ones(64 << 10) for _ in range(2000)]  # 500 MB of 256 KB blocks, on the heap
+last = torch.ones(64 << 10)  # keeps the heap's top in use, as a live tensor would
+del blocks
+before = rss_mb()
+release_free_memory(torch.device(sys.argv[1]))
+print(before, rss_mb())
+"""
+
+
+@pytest.mark.skipif(devices._malloc_trim() is None, reason="needs glibc's malloc_trim")
+def test_freed_memory_goes_back_to_the_system_on_cpu_only() -> None:
+    """Between tiles, memory freed by torch would otherwise stay resident."""
+
+    def run(device: str) -> tuple[float, float]:
+        out = subprocess.run(
+            [sys.executable, "-c", RETAINED_HEAP, device],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        return float(out[0]), float(out[1])
+
+    before, after = run("cpu")
+    assert before - after > 400
+    before, after = run("meta")  # not the CPU heap: nothing to hand back
+    assert abs(before - after) < 50

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -94,6 +98,31 @@ def search_budget_within(budget: int) -> int:
     """The relevance search's share of a whole-upscale budget, bounded as by default: below
     the floor its blocks get so small that Python overhead dominates, for little memory."""
     return max(SEARCH_BUDGET_FLOOR, min(SEARCH_BUDGET_CAP, int(budget * SEARCH_SHARE)))
+
+
+def release_free_memory(device: torch.device) -> None:
+    """Hand memory that torch has freed on the CPU back to the operating system.
+
+    glibc keeps freed blocks below its mmap threshold (up to 32 MB) in its heap, so between
+    the tiles of a large upscale the process's resident memory stays hundreds of MB above
+    what is in use (0.3 GB measured on a 12-megapixel one), and the next tile's peak sits on
+    top of it.  ``malloc_trim`` returns those pages.  Elsewhere (other C libraries, GPUs,
+    whose caching allocators reuse memory as intended) this does nothing.
+    """
+    trim = _malloc_trim()
+    if device.type == "cpu" and trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None)
+    except OSError:
+        return None
 
 
 def parse_size(text: str) -> int:
