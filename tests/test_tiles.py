@@ -12,13 +12,22 @@ from conftest import sample_image
 from ttsr_cli.devices import SEARCH_BUDGET_CAP, SEARCH_BUDGET_FLOOR, search_budget_within
 from ttsr_cli.pipeline import Upscaler
 from ttsr_cli.tiles import (
+    FINE_OVERLAP,
     MIN_TILE,
+    Span,
+    Tile,
+    TilePlan,
+    coarse_output_bytes,
+    coarse_pixel_bytes,
     core_slices,
     estimate_peak_bytes,
+    fine_pixel_bytes,
+    plan_grid,
+    plan_passes,
     plan_tiles,
     ramp,
     spans,
-    tile_side,
+    split,
 )
 
 
@@ -36,14 +45,46 @@ def test_estimate_grows_with_area_and_widths() -> None:
     assert estimate_peak_bytes(750, 1000, 64, 64) > 30e9
 
 
-def test_tile_side_fits_the_budget_or_runs_whole() -> None:
-    widths = (64, 64)
-    assert tile_side((100, 100), 1 << 40, widths, 32) is None
-    side = tile_side((750, 1000), 4 << 30, widths, 32)
-    assert side is not None and side < 750
-    assert estimate_peak_bytes(side + 64, side + 64, *widths) <= 4 << 30
-    assert tile_side((750, 1000), -1, widths, 32) == MIN_TILE
-    assert tile_side((750, 1000), 1, widths, 32) == MIN_TILE
+def reads(tiles: list[Tile]) -> list[int]:
+    """LR pixels each tile reads, margins included."""
+    return [(t.y.read1 - t.y.read0) * (t.x.read1 - t.x.read0) for t in tiles]
+
+
+def test_passes_fit_the_budget_or_run_whole() -> None:
+    widths = (64, 64, 128)
+    assert plan_passes((100, 100), 1 << 40, widths, 32) is None
+    budget = 4 << 30
+    plan = plan_passes((750, 1000), budget, widths, 32)
+    assert plan is not None and 1 < len(plan.coarse) < len(plan.fine)
+    # The coarse outputs of the whole image come off first; each pass's tiles fit the rest.
+    assert plan.budget == budget - coarse_output_bytes(750, 1000, 64, 4)
+    assert max(reads(plan.coarse)) * coarse_pixel_bytes(64, 128, 4) <= plan.budget
+    assert max(reads(plan.fine)) * fine_pixel_bytes(64, 64, 4) <= plan.budget
+    # Half-size elements: fewer tiles.
+    half = plan_passes((750, 1000), budget, widths, 32, elem_size=2)
+    assert half is not None and len(half.fine) < len(plan.fine)
+    for tight in (-1, 1):
+        plan = plan_passes((750, 1000), tight, widths, 32)
+        assert plan is not None and plan.coarse == plan_tiles(750, 1000, MIN_TILE, 32)
+
+
+@pytest.mark.parametrize("max_pixels", [30_000, 62_000, 80_000, 156_000])
+def test_grid_reads_least_within_the_tile_limit(max_pixels: int) -> None:
+    tiles = plan_grid(750, 1000, max_pixels, FINE_OVERLAP)
+    assert max(reads(tiles)) <= max_pixels
+    # No grid of square-or-oblong equal cores that fits reads fewer pixels in all.
+    work = sum(reads(tiles))
+    for rows, cols in itertools.product(range(1, 25), range(1, 33)):
+        ys, xs = split(750, rows, FINE_OVERLAP), split(1000, cols, FINE_OVERLAP)
+        other = [Tile(y, x) for y in ys for x in xs]
+        if max(reads(other)) <= max_pixels:
+            assert sum(reads(other)) >= work
+    # Oblong cores where they save work: 62k pixels take 4 x 4 cores of 250x188 (square
+    # cores of at most 217 = sqrt(62k) - 32 would need 4 x 5).
+    tiles = plan_grid(750, 1000, 62_000, FINE_OVERLAP)
+    assert len({t.y for t in tiles}) == 4 and len({t.x for t in tiles}) == 4
+    whole = Tile(Span(0, 750, 0, 750), Span(0, 1000, 0, 1000))
+    assert plan_grid(750, 1000, 10**6, FINE_OVERLAP) == [whole]
 
 
 def test_search_takes_a_quarter_of_the_budget_within_its_bounds() -> None:
@@ -78,14 +119,29 @@ def test_a_small_budget_tiles_and_tiles_are_seamless(tiny_model) -> None:
     ref = whole.encode_reference(sample_image("coffee", (120, 80)))
     expected = whole.upscale_detailed(lr, [ref])
     tiled = Upscaler(tiny_model, torch.device("cpu"), memory_budget=4 << 20, overlap=16)
-    assert tiled.tile_core(70, 90, [ref]) == MIN_TILE
+    plan = tiled.tile_plan(70, 90, [ref])
+    assert plan is not None and plan.coarse == plan_tiles(70, 90, MIN_TILE, 16)
     seen = []
     tiled.on_tile = lambda done, total: seen.append((done, total))
     result = tiled.upscale_detailed(lr, [ref])
-    assert result.tiles == 9 and seen[-1] == (9, 9)
+    # Both passes cut the 90x70 LR into 3 x 3 cores of at most 32 pixels; progress counts both.
+    assert result.tiles == 9 and seen == [(i, 18) for i in range(1, 19)]
     assert psnr(result.sr, expected.sr) >= 45
     assert (result.source == expected.source).mean() > 0.99
     np.testing.assert_allclose(result.attention, expected.attention, atol=1e-3)
+
+
+def test_fine_tiles_of_whole_coarse_maps_reproduce_the_untiled_upscale(tiny_model) -> None:
+    """With the coarse pass whole, tiling only the 4x stage leaves the output as it was: the
+    fine margin covers what stage 3 sees beyond a core."""
+    lr = sample_image("astronaut", (96, 72))
+    whole = Upscaler(tiny_model, torch.device("cpu")).upscale(lr)
+    tiled = Upscaler(tiny_model, torch.device("cpu"), overlap=FINE_OVERLAP)
+    fine = plan_tiles(72, 96, 40, FINE_OVERLAP)
+    tiled.tile_plan = lambda h, w, refs: TilePlan(plan_tiles(h, w, 96, 32), fine, 1 << 30)
+    result = tiled.upscale_detailed(lr)
+    assert result.tiles == 6
+    assert psnr(result.sr, whole) >= 55
 
 
 def test_sixteen_bits_tile_too(tiny_model) -> None:

@@ -19,13 +19,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ttsr_cli.devices import default_memory_budget, default_search_budget, search_budget_within
+from ttsr_cli.devices import (
+    default_memory_budget,
+    default_search_budget,
+    release_free_memory,
+    search_budget_within,
+)
 from ttsr_cli.errors import InputError, TTSRError
 from ttsr_cli.imageio import ImageData, output_format, read_image, write_image
 from ttsr_cli.nn import TTSR
 from ttsr_cli.nn.attention import search_working_bytes
 from ttsr_cli.nn.fast_search import choose_search
-from ttsr_cli.nn.ttsr import SEARCHES, ReferenceFeatures, TTSROutput
+from ttsr_cli.nn.ttsr import SEARCHES, Coarse, ReferenceFeatures, TTSROutput
 from ttsr_cli.pictures import (
     attention_picture,
     compare_sheet,
@@ -33,7 +38,16 @@ from ttsr_cli.pictures import (
     source_picture,
     to_8bit,
 )
-from ttsr_cli.tiles import DEFAULT_OVERLAP, Tile, core_slices, plan_tiles, ramp, tile_side
+from ttsr_cli.tiles import (
+    DEFAULT_OVERLAP,
+    Tile,
+    TilePlan,
+    core_slices,
+    fine_overlap,
+    plan_passes,
+    plan_tiles,
+    ramp,
+)
 
 SCALE = 4
 _UINT16_MAX = 65535
@@ -222,16 +236,15 @@ class Upscaler:
             references = [self.encode_reference(lrsr)]
         grids = [(int(r.key.shape[-2]), int(r.key.shape[-1])) for r in references]
         search = self.search_for(h * w, sum(gh * gw for gh, gw in grids))
-        core = self.tile_core(h, w, references)
-        if core is None:
+        plan = self.tile_plan(h, w, references)
+        if plan is None:
             # As its own reference, the image's query features are its reference's lv3.
             lv3 = references[0].values[2]
             query = lv3 if own and lv3.dtype == references[0].key.dtype else None
             out = self._run(lr, lrsr, references, search, query)
             sr = to_image(out.sr, 16 if lr.dtype == np.uint16 else 8)
             return Upscaled(sr, _attention(out), _source(out), grids, search=search)
-        tiles = plan_tiles(h, w, core, self.overlap)
-        return self._tiled(lr, lrsr, references, grids, tiles, search)
+        return self._tiled(lr, lrsr, references, grids, plan, search)
 
     def search_for(self, query_positions: int, key_positions: int) -> str:
         """The search one image gets: as asked, or for auto chosen from the whole image's
@@ -241,27 +254,33 @@ class Upscaler:
         channels = self.model.config.lte_widths[2]
         return choose_search(query_positions, key_positions, channels)
 
-    def tile_core(
+    def tile_plan(
         self,
         lr_height: int,
         lr_width: int,
         references: Sequence[ReferenceFeatures],
-    ) -> int | None:
-        """Tile core side in LR pixels for an image of this size, or None to run it whole.
-        Each tile runs the search, so what the search holds at most is left out of the
-        tiles' share (its blocks are capped, so that is far less than its budget)."""
-        if self.tile is not None:
-            return self.tile if self.tile < max(lr_height, lr_width) else None
+    ) -> TilePlan | None:
+        """How an image of this size is tiled (:mod:`ttsr_cli.tiles`), or None to run it
+        whole.  Each coarse tile runs the search, so what the search holds at most is left
+        out of the tiles' share (its blocks are capped, so that is far less than its
+        budget)."""
         if self.memory_budget is None:
             budget = default_memory_budget(self.device)  # references already left free memory
         else:
             budget = self.memory_budget - sum(_feature_bytes(r) for r in references)
         search_budget = self.search_budget or default_search_budget(self.device)
         budget -= search_working_bytes([r.key for r in references], search_budget)
+        if self.tile is not None:
+            tiled = self.tile < max(lr_height, lr_width)
+            if not tiled:
+                return None
+            coarse = plan_tiles(lr_height, lr_width, self.tile, self.overlap)
+            fine = plan_tiles(lr_height, lr_width, self.tile, fine_overlap(self.overlap))
+            return TilePlan(coarse, fine, max(budget, 0))
         config = self.model.config
-        widths = (config.n_feats, config.lte_widths[0])
+        widths = (config.n_feats, *config.lte_widths[:2])
         elem_size = torch.finfo(self.precision).bits // 8
-        return tile_side((lr_height, lr_width), budget, widths, self.overlap, elem_size)
+        return plan_passes((lr_height, lr_width), budget, widths, self.overlap, elem_size)
 
     def _memory_budget(self) -> int:
         """The whole-upscale budget: as given, or a share of what is free right now."""
@@ -293,33 +312,59 @@ class Upscaler:
         lrsr: np.ndarray,
         references: Sequence[ReferenceFeatures],
         grids: list[tuple[int, int]],
-        tiles: list[Tile],
+        plan: TilePlan,
         search: str,
     ) -> Upscaled:
-        """Each tile reads its LR crop and the same crop of the whole image's LR-up, so it sees
-        exactly the untiled inputs; outputs are cross-faded, maps taken from tile cores."""
+        """The coarse pass, then the fine pass (see :mod:`ttsr_cli.tiles`).  Each tile reads
+        its LR crop and the same crop of the whole image's LR-up, so it sees exactly the
+        untiled inputs; the maps are the coarse pass's, which holds them whole."""
         h, w = lr.shape[:2]
-        total = torch.zeros(3, h * SCALE, w * SCALE)
-        attention = np.zeros((h, w), np.float32)
-        source = np.zeros((h, w), np.int64)
-        for done, tile in enumerate(tiles, 1):
-            ys, xs = slice(tile.y.read0, tile.y.read1), slice(tile.x.read0, tile.x.read1)
-            hr_ys = slice(ys.start * SCALE, ys.stop * SCALE)
-            hr_xs = slice(xs.start * SCALE, xs.stop * SCALE)
-            out = self._run(lr[ys, xs], lrsr[hr_ys, hr_xs], references, search)
-            weight = np.outer(
-                ramp(tile.y, h, self.overlap, SCALE), ramp(tile.x, w, self.overlap, SCALE)
+        coarse_tiles, fine_tiles = plan.coarse, plan.fine
+        overlap = fine_overlap(self.overlap)
+        progress = _Progress(self.device, self.on_tile, len(coarse_tiles) + len(fine_tiles))
+        with self._autocast():
+            coarse = self._coarse_pass(
+                lr, lrsr, references, coarse_tiles, plan.budget, search, progress
             )
-            total[:, hr_ys, hr_xs] += out.sr[0].float().cpu() * torch.from_numpy(weight)
-            core = core_slices(tile)
-            cy, cx = slice(tile.y.core0, tile.y.core1), slice(tile.x.core0, tile.x.core1)
-            attention[cy, cx] = _attention(out)[core]
-            source[cy, cx] = _source(out)[core]
-            del out  # its textures would otherwise stay alive through the next tile's run
-            if self.on_tile is not None:
-                self.on_tile(done, len(tiles))
+            total = torch.zeros(3, h * SCALE, w * SCALE)
+            for tile in fine_tiles:
+                ys, xs = tile.read
+                hr_ys, hr_xs = _hr(ys), _hr(xs)
+                lrsr_t = to_tensor(lrsr[hr_ys, hr_xs], self.device)
+                sr = self.model.upscale_fine(coarse.crop(ys, xs), lrsr_t, references)
+                weight = np.outer(ramp(tile.y, h, overlap, SCALE), ramp(tile.x, w, overlap, SCALE))
+                total[:, hr_ys, hr_xs] += sr[0].float().cpu() * torch.from_numpy(weight)
+                del sr
+                progress.step()
         sr = to_image(total.unsqueeze(0), 16 if lr.dtype == np.uint16 else 8)
-        return Upscaled(sr, attention, source, grids, len(tiles), search)
+        attention = coarse.S[0, 0].float().cpu().numpy()
+        source = coarse.index[0].cpu().numpy()
+        return Upscaled(sr, attention, source, grids, len(fine_tiles), search)
+
+    def _coarse_pass(
+        self,
+        lr: np.ndarray,
+        lrsr: np.ndarray,
+        references: Sequence[ReferenceFeatures],
+        tiles: list[Tile],
+        budget: int,
+        search: str,
+        progress: _Progress,
+    ) -> Coarse:
+        """Stages 1 and 2 tile by tile; each tile's core of their outputs goes into maps of
+        the whole image.  ``budget`` bounds each tile's LTE pass (in bands)."""
+        whole: Coarse | None = None
+        for tile in tiles:
+            ys, xs = tile.read
+            lr_t = to_tensor(lr[ys, xs], self.device)
+            lrsr_t = to_tensor(lrsr[_hr(ys), _hr(xs)], self.device)
+            part = self.model.upscale_coarse(lr_t, lrsr_t, references, budget, search)
+            whole = whole or Coarse.empty(part, lr.shape[0], lr.shape[1])
+            whole.crop(*tile.core).copy_(part.crop(*core_slices(tile)))
+            del part
+            progress.step()
+        assert whole is not None, "an image has at least one tile"
+        return whole
 
     def upscale_image(
         self,
@@ -338,6 +383,25 @@ class Upscaler:
         if alpha is not None:
             alpha = resize_bicubic(alpha, sr.shape[1], sr.shape[0])
         return replace(image, rgb=sr, alpha=alpha), result
+
+
+class _Progress:
+    """Counts tiles done across both passes for :attr:`Upscaler.on_tile`, and returns each
+    tile's freed memory to the system before the next (:func:`release_free_memory`)."""
+
+    def __init__(self, device: torch.device, callback: TileCallback | None, total: int) -> None:
+        self.device, self.callback, self.total, self.done = device, callback, total, 0
+
+    def step(self) -> None:
+        release_free_memory(self.device)
+        self.done += 1
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+
+def _hr(lr_span: slice) -> slice:
+    """The output rows (or columns) of LR rows ``lr_span``."""
+    return slice(lr_span.start * SCALE, lr_span.stop * SCALE)
 
 
 def final_size(size: tuple[int, int], outscale: float) -> tuple[int, int]:

@@ -3,10 +3,18 @@
 The main network works at 4x the LR resolution with ``n_feats`` channels, so an untiled
 upscale needs memory proportional to the LR area (about 30 GB for a 1000x750 LR with the
 paper configuration).  Tiles bound that: each covers a *core* of the LR plus a margin of
-``overlap`` LR pixels on every side that has a neighbour.  The outer half of each margin is
-discarded (its pixels saw the tile's border instead of the image) and the inner half is
-cross-faded linearly with the neighbour, whose weights rise exactly as these fall, so the
-weights of every output pixel sum to one and no seam is visible.
+``overlap`` LR pixels on every side that has a neighbour.
+
+A tiled upscale runs in two passes, because the network's two halves want different tiles.
+Stages 1 and 2 (the 1x and 2x branches, with the search and the lv3/lv2 textures) see far,
+through dozens of residual blocks at LR, but hold little memory: the *coarse* pass runs them
+in large tiles with the full margin and keeps each tile's core of their outputs, which are
+small, for the whole image.  Stage 3 at 4x holds most of the memory but sees only a few LR
+pixels beyond its inputs: the *fine* pass runs it in smaller tiles with a margin of
+:data:`FINE_OVERLAP` on crops of what the coarse pass kept.  The outer half of each fine
+margin is discarded (its pixels saw the tile's border instead of the image) and the inner
+half is cross-faded linearly with the neighbour, whose weights rise exactly as these fall,
+so the weights of every output pixel sum to one and no seam is visible.
 """
 
 from __future__ import annotations
@@ -27,6 +35,21 @@ MIN_TILE = 32
 #: 43 KB per LR pixel, 7+4 tensors' worth) and rounded up: 49 KB per LR pixel.
 MAINNET_TENSORS = 8
 LTE_TENSORS = 4
+#: Maps alive at once in a coarse tile, per LR pixel at 2x resolution: ``n_feats``-channel
+#: ones in stage 2, lv2-width ones in the lv2 texture's fold (its buffer, a gathered block
+#: set, the result).  Calibrated with the paper configuration (peak RSS of 200x150 and
+#: 300x225 LR tiles: 15.4 KB per LR pixel in fp32, 5.8 KB in bf16) and rounded up.
+COARSE_MAPS = 8
+COARSE_TEXTURES = 4
+#: Maps alive at once in a fine tile, per LR pixel at 4x: ``n_feats``-channel ones in stage 3
+#: and the tail, lv1-width ones in the lv1 texture's fold.  Calibrated likewise (25.3 KB per
+#: LR pixel in fp32, 11.6 KB in bf16) and rounded up.
+FINE_MAPS = 6
+FINE_TEXTURES = 2
+#: Margin of the fine pass's tiles, in LR pixels: stage 3 and the tail reach about 15 LR
+#: pixels (8 residual blocks and a merge at 1x, a bicubic x4, a few 3x3 convs at 2x and 4x),
+#: so a core's edge, 16 pixels from the tile's border, sees what it sees in the whole image.
+FINE_OVERLAP = 16
 
 
 def estimate_peak_bytes(
@@ -57,29 +80,111 @@ class Tile:
     y: Span
     x: Span
 
+    @property
+    def read(self) -> tuple[slice, slice]:
+        """LR rows and columns the tile reads."""
+        return slice(self.y.read0, self.y.read1), slice(self.x.read0, self.x.read1)
 
-def tile_side(
+    @property
+    def core(self) -> tuple[slice, slice]:
+        """LR rows and columns of the tile's core."""
+        return slice(self.y.core0, self.y.core1), slice(self.x.core0, self.x.core1)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """The coarse and fine passes' tiles, and the working memory each coarse tile may use
+    (its LTE pass over the LR up-sampled runs in bands within it)."""
+
+    coarse: list[Tile]
+    fine: list[Tile]
+    budget: int
+
+
+def plan_passes(
     lr_size: tuple[int, int],
     budget: int,
-    widths: tuple[int, int],
+    widths: tuple[int, int, int],
     overlap: int,
     elem_size: int = 4,
-) -> int | None:
-    """Largest square core (LR pixels) whose tile, margins included, fits ``budget`` bytes;
-    None when the whole ``(height, width)`` image fits.  ``widths``: ``(n_feats, lte width)``.
-    Never smaller than :data:`MIN_TILE`, whatever the budget: a run that is tight on memory
-    should still try."""
-    if estimate_peak_bytes(*lr_size, *widths, elem_size) <= budget:
+) -> TilePlan | None:
+    """Tiles for an image of ``(height, width)`` LR pixels within ``budget`` bytes, or None
+    when it fits whole.  ``widths``: ``(n_feats, lte lv1 width, lte lv2 width)``.  The coarse
+    pass's outputs for the whole image are set aside first; each pass then takes the fewest
+    LR pixels of tile work whose largest tile, margins included, fits the rest
+    (:func:`plan_grid`)."""
+    n_feats, lv1, lv2 = widths
+    if estimate_peak_bytes(*lr_size, n_feats, lv1, elem_size) <= budget:
         return None
-    per_pixel = estimate_peak_bytes(1, 1, *widths, elem_size)
-    side = int((max(budget, 0) / per_pixel) ** 0.5) - 2 * overlap
-    return max(MIN_TILE, side)
+    left = max(0, budget - coarse_output_bytes(*lr_size, n_feats, elem_size))
+    coarse = plan_grid(*lr_size, left // coarse_pixel_bytes(n_feats, lv2, elem_size), overlap)
+    fine_pixels = left // fine_pixel_bytes(n_feats, lv1, elem_size)
+    return TilePlan(coarse, plan_grid(*lr_size, fine_pixels, fine_overlap(overlap)), left)
+
+
+def plan_grid(lr_height: int, lr_width: int, max_pixels: int, overlap: int) -> list[Tile]:
+    """Rows x columns of equal cores such that every tile reads at most ``max_pixels`` LR
+    pixels, margins included, choosing the grid that reads the fewest pixels in all (margins
+    are recomputed work).  Cores may be oblong: a 1000x750 image whose tiles may read 62k
+    pixels (16-pixel margins) takes 4 x 4 cores of 250x188, where square ones would need
+    4 x 5.  Never cores under :data:`MIN_TILE` a side: a run that is tight on memory should
+    still try."""
+    best: tuple[int, list[Span], list[Span]] | None = None
+    for rows in range(1, _most_spans(lr_height) + 1):
+        ys = split(lr_height, rows, overlap)
+        for cols in range(1, _most_spans(lr_width) + 1):
+            xs = split(lr_width, cols, overlap)
+            if _widest(ys) * _widest(xs) <= max_pixels:
+                work = _total(ys) * _total(xs)
+                if best is None or work < best[0]:
+                    best = (work, ys, xs)
+                break  # more columns only add work
+    if best is None:
+        return plan_tiles(lr_height, lr_width, MIN_TILE, overlap)
+    return [Tile(y, x) for y in best[1] for x in best[2]]
+
+
+def _most_spans(length: int) -> int:
+    return max(1, -(-length // MIN_TILE))
+
+
+def _widest(parts: list[Span]) -> int:
+    return max(p.read1 - p.read0 for p in parts)
+
+
+def _total(parts: list[Span]) -> int:
+    return sum(p.read1 - p.read0 for p in parts)
+
+
+def fine_overlap(overlap: int) -> int:
+    """The fine pass's margin: the coarse pass's, up to :data:`FINE_OVERLAP`."""
+    return min(overlap, FINE_OVERLAP)
+
+
+def coarse_pixel_bytes(n_feats: int, lv2: int, elem_size: int) -> int:
+    """Working memory of a coarse tile per LR pixel: maps at 2x resolution."""
+    return SCALE * elem_size * (COARSE_MAPS * n_feats + COARSE_TEXTURES * lv2)
+
+
+def fine_pixel_bytes(n_feats: int, lv1: int, elem_size: int) -> int:
+    """Working memory of a fine tile per LR pixel: maps at 4x resolution."""
+    return SCALE * SCALE * elem_size * (FINE_MAPS * n_feats + FINE_TEXTURES * lv1)
+
+
+def coarse_output_bytes(lr_height: int, lr_width: int, n_feats: int, elem_size: int) -> int:
+    """What the coarse pass keeps for the whole image: the 1x and 2x branches, soft
+    attention, and hard attention (int64)."""
+    return lr_height * lr_width * (elem_size * (5 * n_feats + 1) + 8)
 
 
 def spans(length: int, core: int, overlap: int) -> list[Span]:
-    """Equal cores of at most ``core`` pixels covering ``length``, each reading ``overlap``
-    more on the sides where a neighbour is (clamped to the image)."""
-    count = max(1, -(-length // core))
+    """Equal cores of at most ``core`` pixels covering ``length`` (see :func:`split`)."""
+    return split(length, max(1, -(-length // core)), overlap)
+
+
+def split(length: int, count: int, overlap: int) -> list[Span]:
+    """``count`` equal cores covering ``length``, each reading ``overlap`` more on the sides
+    where a neighbour is (clamped to the image)."""
     bounds = [round(i * length / count) for i in range(count + 1)]
     return [Span(a, b, max(0, a - overlap), min(length, b + overlap)) for a, b in pairwise(bounds)]
 
