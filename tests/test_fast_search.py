@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -142,3 +143,19 @@ def test_each_distinct_window_is_scored_once() -> None:
     assert counts.tolist() == [3, 1]
     assert sorted(ids[0, slots[0, :3]].tolist()) == [3, 5, 9]
     assert ids[1, slots[1, 0]] == 7
+
+
+def test_key_levels_are_made_once_per_reference_and_go_with_it(photo_pair) -> None:
+    """Tiles and images searched against one reference share its pooled levels and tables;
+    they are freed with the reference's key, and reusing them changes no match."""
+    query, key = photo_pair
+    key = key.clone()
+    name = id(key)
+    first = fast_relevance_search(query, [key], BUDGET)
+    (levels,) = fast_search._LEVELS[name]
+    fast_relevance_search(query[..., :24, :40], [key], BUDGET)  # another tile
+    assert fast_search._LEVELS[name] == [levels]
+    assert torch.equal(fast_relevance_search(query, [key], BUDGET).index, first.index)
+    del key
+    gc.collect()
+    assert name not in fast_search._LEVELS

@@ -27,6 +27,7 @@ the patch it picks scores almost as high, so the transferred texture is nearly t
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -68,29 +69,28 @@ def fast_relevance_search(
     index = torch.empty(n, h * w, dtype=torch.long, device=query.device)
     score = torch.empty(n, 1, h, w, dtype=query.dtype, device=query.device)
     for b in range(n):
-        references = [k[b if k.shape[0] > 1 else 0] for k in keys]
-        best, value = _search(query[b], references, budget_bytes)
+        levels = _KeyLevels.of(keys, b)
+        best, value = _search(query[b], levels, 0, budget_bytes)
         index[b] = best.reshape(-1)
         score[b, 0] = value / _patch_norms(query[b])
     return Correspondence(index=index, score=score)
 
 
 def _search(
-    query: torch.Tensor, keys: list[torch.Tensor], budget_bytes: int
+    query: torch.Tensor, levels: _KeyLevels, level: int, budget_bytes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best key position (over ``keys`` concatenated) for each query position, ``[H, W]``,
-    and its relevance un-normalised by the query patch norm."""
+    """Best key position (over the keys of ``level`` concatenated) for each query position,
+    ``[H, W]``, and its relevance un-normalised by the query patch norm."""
+    keys = levels.keys(level)
     if sum(k.shape[-2] * k.shape[-1] for k in keys) <= EXACT_KEYS or min(query.shape[-2:]) < 2:
         match = relevance_search(query[None], [k[None] for k in keys], budget_bytes)
         h, w = query.shape[-2:]
         best = match.index.view(h, w)
         return best, match.score.view(h, w) * _patch_norms(query)
-    pooled_query = _pool(query)
-    pooled_keys = [_pool(k) for k in keys]
-    coarse, _ = _search(pooled_query, pooled_keys, budget_bytes)
+    coarse, _ = _search(_pool(query), levels, level + 1, budget_bytes)
     hc, wc = coarse.shape
-    table = _KeyTable(keys, FACTOR + 2 * MARGIN)
-    windows = _windows(coarse, _Grids.of(pooled_keys), hc, wc, step=1, scale=FACTOR)
+    table = levels.table(level)
+    windows = _windows(coarse, _Grids.of(levels.keys(level + 1)), hc, wc, step=1, scale=FACTOR)
     best, value = _refine(query, table, windows, budget_bytes)
     for _ in range(PROPAGATION_PASSES):
         windows = _windows(best, table.source, hc, wc, step=FACTOR, scale=1)
@@ -98,6 +98,56 @@ def _search(
         better = again_value > value
         best, value = torch.where(better, again, best), torch.where(better, again_value, value)
     return best, value
+
+
+class _KeyLevels:
+    """The keys average-pooled level by level, and each level's :class:`_KeyTable`, made
+    once per set of keys: every tile of an image, and every image of a batch, searches the
+    same reference, and a 12-megapixel one's table takes seconds to build.  Kept while the
+    keys live (:data:`_LEVELS`), and holding no reference to them: level 0 is read from
+    the keys themselves at each use."""
+
+    def __init__(self, keys: Sequence[torch.Tensor], b: int) -> None:
+        self._sources = tuple(weakref.ref(k) for k in keys)
+        self._batch = b
+        self._pooled: list[list[torch.Tensor]] = []
+        self._tables: dict[int, _KeyTable] = {}
+
+    @classmethod
+    def of(cls, keys: Sequence[torch.Tensor], b: int) -> _KeyLevels:
+        """The levels of batch element ``b`` of ``keys`` (``[N or 1, C, H, W]`` each)."""
+        first = id(keys[0])
+        entries = _LEVELS.get(first)
+        if entries is None:
+            entries = _LEVELS[first] = []
+            weakref.finalize(keys[0], _LEVELS.pop, first, None)
+        for levels in entries:
+            if levels.made_from(keys, b):
+                return levels
+        entries.append(cls(keys, b))
+        return entries[-1]
+
+    def made_from(self, keys: Sequence[torch.Tensor], b: int) -> bool:
+        same = len(self._sources) == len(keys) and b == self._batch
+        return same and all(ref() is k for ref, k in zip(self._sources, keys, strict=False))
+
+    def keys(self, level: int) -> list[torch.Tensor]:
+        if level == 0:
+            sources = [ref() for ref in self._sources]
+            return [k[self._batch if k.shape[0] > 1 else 0] for k in sources if k is not None]
+        while len(self._pooled) < level:
+            self._pooled.append([_pool(k) for k in self.keys(len(self._pooled))])
+        return self._pooled[level - 1]
+
+    def table(self, level: int) -> _KeyTable:
+        if level not in self._tables:
+            self._tables[level] = _KeyTable(self.keys(level), FACTOR + 2 * MARGIN)
+        return self._tables[level]
+
+
+#: Key levels by the identity of the first key tensor they were made from; the entry goes
+#: when that tensor does (a reference's features dropped after its last image).
+_LEVELS: dict[int, list[_KeyLevels]] = {}
 
 
 def _pool(feat: torch.Tensor) -> torch.Tensor:
