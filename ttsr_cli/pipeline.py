@@ -271,8 +271,7 @@ class Upscaler:
         search_budget = self.search_budget or default_search_budget(self.device)
         budget -= search_working_bytes([r.key for r in references], search_budget)
         if self.tile is not None:
-            tiled = self.tile < max(lr_height, lr_width)
-            if not tiled:
+            if self.tile >= max(lr_height, lr_width):
                 return None
             coarse = plan_tiles(lr_height, lr_width, self.tile, self.overlap)
             fine = plan_tiles(lr_height, lr_width, self.tile, fine_overlap(self.overlap))
@@ -318,53 +317,61 @@ class Upscaler:
         """The coarse pass, then the fine pass (see :mod:`ttsr_cli.tiles`).  Each tile reads
         its LR crop and the same crop of the whole image's LR-up, so it sees exactly the
         untiled inputs; the maps are the coarse pass's, which holds them whole."""
-        h, w = lr.shape[:2]
-        coarse_tiles, fine_tiles = plan.coarse, plan.fine
-        overlap = fine_overlap(self.overlap)
-        progress = _Progress(self.device, self.on_tile, len(coarse_tiles) + len(fine_tiles))
+        progress = _Progress(self.device, self.on_tile, len(plan.coarse) + len(plan.fine))
         with self._autocast():
-            coarse = self._coarse_pass(
-                lr, lrsr, references, coarse_tiles, plan.budget, search, progress
-            )
-            total = torch.zeros(3, h * SCALE, w * SCALE)
-            for tile in fine_tiles:
-                ys, xs = tile.read
-                hr_ys, hr_xs = _hr(ys), _hr(xs)
-                lrsr_t = to_tensor(lrsr[hr_ys, hr_xs], self.device)
-                sr = self.model.upscale_fine(coarse.crop(ys, xs), lrsr_t, references)
-                weight = np.outer(ramp(tile.y, h, overlap, SCALE), ramp(tile.x, w, overlap, SCALE))
-                total[:, hr_ys, hr_xs] += sr[0].float().cpu() * torch.from_numpy(weight)
-                del sr
-                progress.step()
+            coarse = self._coarse_pass(lr, lrsr, references, plan, search, progress)
+            total = self._fine_pass(coarse, lrsr, references, plan.fine, progress)
         sr = to_image(total.unsqueeze(0), 16 if lr.dtype == np.uint16 else 8)
         attention = coarse.S[0, 0].float().cpu().numpy()
         source = coarse.index[0].cpu().numpy()
-        return Upscaled(sr, attention, source, grids, len(fine_tiles), search)
+        return Upscaled(sr, attention, source, grids, len(plan.fine), search)
 
     def _coarse_pass(
         self,
         lr: np.ndarray,
         lrsr: np.ndarray,
         references: Sequence[ReferenceFeatures],
-        tiles: list[Tile],
-        budget: int,
+        plan: TilePlan,
         search: str,
         progress: _Progress,
     ) -> Coarse:
         """Stages 1 and 2 tile by tile; each tile's core of their outputs goes into maps of
-        the whole image.  ``budget`` bounds each tile's LTE pass (in bands)."""
+        the whole image.  Each tile's LTE pass runs in bands within the plan's budget."""
         whole: Coarse | None = None
-        for tile in tiles:
+        for tile in plan.coarse:
             ys, xs = tile.read
             lr_t = to_tensor(lr[ys, xs], self.device)
             lrsr_t = to_tensor(lrsr[_hr(ys), _hr(xs)], self.device)
-            part = self.model.upscale_coarse(lr_t, lrsr_t, references, budget, search)
+            part = self.model.upscale_coarse(lr_t, lrsr_t, references, plan.budget, search)
             whole = whole or Coarse.empty(part, lr.shape[0], lr.shape[1])
             whole.crop(*tile.core).copy_(part.crop(*core_slices(tile)))
             del part
             progress.step()
         assert whole is not None, "an image has at least one tile"
         return whole
+
+    def _fine_pass(
+        self,
+        coarse: Coarse,
+        lrsr: np.ndarray,
+        references: Sequence[ReferenceFeatures],
+        tiles: list[Tile],
+        progress: _Progress,
+    ) -> torch.Tensor:
+        """Stage 3 and the tail tile by tile, from crops of the whole image's coarse maps;
+        the outputs cross-faded into one ``[3, 4H, 4W]`` image."""
+        h, w = coarse.S.shape[-2:]
+        overlap = fine_overlap(self.overlap)
+        total = torch.zeros(3, h * SCALE, w * SCALE)
+        for tile in tiles:
+            ys, xs = tile.read
+            lrsr_t = to_tensor(lrsr[_hr(ys), _hr(xs)], self.device)
+            sr = self.model.upscale_fine(coarse.crop(ys, xs), lrsr_t, references)
+            weight = np.outer(ramp(tile.y, h, overlap, SCALE), ramp(tile.x, w, overlap, SCALE))
+            total[:, _hr(ys), _hr(xs)] += sr[0].float().cpu() * torch.from_numpy(weight)
+            del sr
+            progress.step()
+        return total
 
     def upscale_image(
         self,

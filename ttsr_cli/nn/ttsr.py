@@ -185,12 +185,8 @@ class TTSR(nn.Module):
         hand (an image that is its own reference has it among its reference's values).
         """
         match = self.attend(lrsr, references, search_budget, search, query)
-        size = tuple(match.score.shape[-2:])
-        t_lv3 = _transfer(references, 2, match.index, size, match.score.dtype)
-        t_lv2 = _transfer(references, 1, match.index, size, match.score.dtype)
-        x1, x2 = self.MainNet.forward_1x_2x(lr, match.score, t_lv3, t_lv2)
-        t_lv1 = _transfer(references, 0, match.index, size, match.score.dtype)
-        sr = self._finish(self.MainNet.forward_4x(x1, x2, match.score, t_lv1), lrsr)
+        coarse, t_lv3, t_lv2 = self._stages_1x_2x(lr, references, match)
+        sr, t_lv1 = self._stage_4x(coarse, lrsr, references)
         return TTSROutput(sr, match.score, t_lv3, t_lv2, t_lv1, match.index)
 
     def attend(
@@ -225,26 +221,36 @@ class TTSR(nn.Module):
         budget = search_budget or default_search_budget(lrsr.device)
         query = self.LTE.encode_lv3((lrsr + 1) / 2, budget)
         match = self.attend(lrsr, references, budget, search, query)
-        size = tuple(match.score.shape[-2:])
-        t_lv3 = _transfer(references, 2, match.index, size, match.score.dtype)
-        t_lv2 = _transfer(references, 1, match.index, size, match.score.dtype)
-        x1, x2 = self.MainNet.forward_1x_2x(lr, match.score, t_lv3, t_lv2)
-        return Coarse(x1, x2, match.score, match.index.view(-1, *size))
+        return self._stages_1x_2x(lr, references, match)[0]
 
     def upscale_fine(
         self, coarse: Coarse, lrsr: torch.Tensor, references: Sequence[ReferenceFeatures]
     ) -> torch.Tensor:
         """The second half of :meth:`upscale`: lv1 texture, stage 3 and the tail, from a
         :class:`Coarse` (possibly a crop of a larger one): the SR image."""
+        return self._stage_4x(coarse, lrsr, references)[0]
+
+    def _stages_1x_2x(
+        self, lr: torch.Tensor, references: Sequence[ReferenceFeatures], match: Correspondence
+    ) -> tuple[Coarse, torch.Tensor, torch.Tensor]:
+        """lv3 and lv2 textures, then stages 1 and 2: their hand-over and the textures."""
+        size = tuple(match.score.shape[-2:])
+        t_lv3 = _transfer(references, 2, match.index, size, match.score.dtype)
+        t_lv2 = _transfer(references, 1, match.index, size, match.score.dtype)
+        x1, x2 = self.MainNet.forward_1x_2x(lr, match.score, t_lv3, t_lv2)
+        return Coarse(x1, x2, match.score, match.index.view(-1, *size)), t_lv3, t_lv2
+
+    def _stage_4x(
+        self, coarse: Coarse, lrsr: torch.Tensor, references: Sequence[ReferenceFeatures]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """lv1 texture, stage 3, the tail and the global skip if configured: SR and T_lv1."""
         size = tuple(coarse.S.shape[-2:])
         index = coarse.index.reshape(coarse.index.shape[0], -1)
         t_lv1 = _transfer(references, 0, index, size, coarse.S.dtype)
-        return self._finish(self.MainNet.forward_4x(coarse.x1, coarse.x2, coarse.S, t_lv1), lrsr)
-
-    def _finish(self, sr: torch.Tensor, lrsr: torch.Tensor) -> torch.Tensor:
+        sr = self.MainNet.forward_4x(coarse.x1, coarse.x2, coarse.S, t_lv1)
         if self.config.global_skip:
             sr = (sr + lrsr).clamp(-1.0, 1.0)
-        return sr
+        return sr, t_lv1
 
     def forward(
         self,
