@@ -28,7 +28,7 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,8 +51,9 @@ if TYPE_CHECKING:
 
     from ttsr_cli.nn import TTSR
     from ttsr_cli.nn.attention import Correspondence
-    from ttsr_cli.nn.ttsr import ReferenceFeatures
+    from ttsr_cli.nn.ttsr import Coarse, ReferenceFeatures
     from ttsr_cli.pipeline import Upscaler
+    from ttsr_cli.tiles import TilePlan
 
 Size = tuple[int, int]  # (width, height)
 
@@ -129,29 +130,36 @@ def warm_up(model: TTSR) -> None:
 
 def run_upscaler(
     upscaler: Upscaler, lrs: list[np.ndarray], ref: np.ndarray
-) -> tuple[float, np.ndarray, int, int | None]:
+) -> tuple[float, np.ndarray, int, TilePlan | None]:
     """End to end as ``ttsr upscale`` runs a batch: (seconds per image, last output, tiles
-    used, the tile core the staged run should use)."""
+    used, the tiles the staged run should use)."""
     h, w = lrs[0].shape[:2]
     start = time.perf_counter()
     references = [upscaler.encode_reference(ref)]
     for lr in lrs:
         result = upscaler.upscale_detailed(lr, references)
     seconds = (time.perf_counter() - start) / len(lrs)
-    return seconds, result.sr, result.tiles, upscaler.tile_core(h, w, references)
+    return seconds, result.sr, result.tiles, upscaler.tile_plan(h, w, references)
 
 
-def main_net(
+def main_1x_2x(
+    model: TTSR, lr: torch.Tensor, score: torch.Tensor, t_lv3: torch.Tensor, t_lv2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stages 1 and 2 of the main network, as ``TTSR.upscale_coarse`` runs them."""
+    return model.MainNet.forward_1x_2x(lr, score, t_lv3, t_lv2)
+
+
+def main_4x(
     model: TTSR,
-    lr: torch.Tensor,
+    x1: torch.Tensor,
+    x2: torch.Tensor,
     score: torch.Tensor,
-    t_lv3: torch.Tensor,
-    t_lv2: torch.Tensor,
     t_lv1: torch.Tensor,
     lrsr: torch.Tensor,
 ) -> torch.Tensor:
-    """The end of ``TTSR.upscale``: main network, then the global skip if configured."""
-    sr = model.MainNet(lr, score, t_lv3, t_lv2, t_lv1)
+    """The end of ``TTSR.upscale_fine``: stage 3 and the tail, then the global skip if
+    configured."""
+    sr = model.MainNet.forward_4x(x1, x2, score, t_lv1)
     return (sr + lrsr).clamp(-1.0, 1.0) if model.config.global_skip else sr
 
 
@@ -228,36 +236,82 @@ class StagedRun:
         return ReferenceFeatures(key=key, values=values)
 
     def upscale(
-        self, lr: np.ndarray, references: Sequence[ReferenceFeatures], core: int | None
+        self, lr: np.ndarray, references: Sequence[ReferenceFeatures], plan: TilePlan | None
     ) -> np.ndarray | None:
-        """One LR image, whole or in the Upscaler's tiles; the output when untiled."""
+        """One LR image, whole or in the Upscaler's tiles (both passes); the output when
+        untiled."""
+        from ttsr_cli.nn.ttsr import Coarse
         from ttsr_cli.pipeline import SCALE, resize_bicubic, to_image
+        from ttsr_cli.tiles import core_slices
+
+        def hr(lr_span: slice) -> slice:
+            return slice(lr_span.start * SCALE, lr_span.stop * SCALE)
 
         h, w = lr.shape[:2]
         lrsr = self._other(resize_bicubic, lr, w * SCALE, h * SCALE)
-        for lr_piece, lrsr_piece in pieces(lr, lrsr, core):
-            sr = self._upscale_piece(lr_piece, lrsr_piece, references)
-        return self._other(to_image, sr) if core is None else None
+        if plan is None:
+            lr_t, lrsr_t = self._tensors(lr), self._tensors(lrsr)
+            coarse = self._coarse_piece(lr_t, lrsr_t, references, None)
+            return self._other(to_image, self._fine_piece(coarse, lrsr_t, references))
+        whole = None
+        for tile in plan.coarse:
+            ys, xs = tile.read
+            lrsr_t = self._tensors(lrsr[hr(ys), hr(xs)])
+            part = self._coarse_piece(self._tensors(lr[ys, xs]), lrsr_t, references, plan.budget)
+            whole = whole or Coarse.empty(part, h, w)
+            whole.crop(*tile.core).copy_(part.crop(*core_slices(tile)))
+        assert whole is not None
+        for tile in plan.fine:
+            ys, xs = tile.read
+            lrsr_t = self._tensors(lrsr[hr(ys), hr(xs)])
+            self._fine_piece(whole.crop(ys, xs), lrsr_t, references)
+        return None
 
-    def _upscale_piece(
-        self, lr: np.ndarray, lrsr: np.ndarray, references: Sequence[ReferenceFeatures]
-    ) -> torch.Tensor:
-        """``TTSR.upscale`` (``search_and_transfer`` inlined) on one image or tile."""
-        from ttsr_cli.nn.attention import transfer
+    def _tensors(self, array: np.ndarray) -> torch.Tensor:
         from ttsr_cli.pipeline import to_tensor
 
-        self.pieces += 1
-        lr_t, lrsr_t = self._other(to_tensor, lr, cpu()), self._other(to_tensor, lrsr, cpu())
-        query = self._net("lte_query", lambda m, x: m.LTE.lv3((x + 1) / 2), lrsr_t)
+        return self._other(to_tensor, array, cpu())
+
+    def _coarse_piece(
+        self,
+        lr: torch.Tensor,
+        lrsr: torch.Tensor,
+        references: Sequence[ReferenceFeatures],
+        bands: int | None,
+    ) -> Coarse:
+        """LTE of the query, search, lv3/lv2 transfer, stages 1 and 2: the start of
+        ``TTSR.upscale`` (``bands`` None) or ``TTSR.upscale_coarse`` on a tile (its LTE in
+        bands within ``bands`` bytes)."""
+        from ttsr_cli.nn.ttsr import Coarse
+
+        query = self._net("lte_query", lambda m, x: m.LTE.encode_lv3((x + 1) / 2, bands), lrsr)
         match = self._search(query, [r.key for r in references])
         size = tuple(query.shape[-2:])
-        textures = [
-            self.meter.time(
-                "transfer", transfer, [r.values[lv] for r in references], match.index, size, scale
-            )
-            for lv, scale in ((2, 1), (1, 2), (0, 4))
-        ]  # gathers and sums only: no FLOPs to count
-        return self._net("main", main_net, lr_t, match.score, *textures, lrsr_t)
+        t_lv3, t_lv2 = (self._transfer(references, level, match.index, size) for level in (2, 1))
+        x1, x2 = self._net("main", main_1x_2x, lr, match.score, t_lv3, t_lv2)
+        return Coarse(x1, x2, match.score, match.index.view(-1, *size))
+
+    def _fine_piece(
+        self, coarse: Coarse, lrsr: torch.Tensor, references: Sequence[ReferenceFeatures]
+    ) -> torch.Tensor:
+        """``TTSR.upscale_fine`` on one image or tile: lv1 transfer, stage 3 and the tail."""
+        self.pieces += 1
+        size = tuple(coarse.S.shape[-2:])
+        t_lv1 = self._transfer(references, 0, coarse.index.reshape(1, -1), size)
+        return self._net("main", main_4x, coarse.x1, coarse.x2, coarse.S, t_lv1, lrsr)
+
+    def _transfer(
+        self,
+        references: Sequence[ReferenceFeatures],
+        level: int,
+        index: torch.Tensor,
+        size: tuple[int, int],
+    ) -> torch.Tensor:
+        """One level's texture transfer, timed (gathers and sums only: no FLOPs to count)."""
+        from ttsr_cli.nn.attention import transfer
+
+        values = [r.values[level] for r in references]
+        return self.meter.time("transfer", transfer, values, index, size, (4, 2, 1)[level])
 
     def _search(self, query: torch.Tensor, keys: list[torch.Tensor]) -> Correspondence:
         """The relevance search, timed and counted; also what exact would cost here."""
@@ -277,21 +331,6 @@ class StagedRun:
         return match
 
 
-def pieces(
-    lr: np.ndarray, lrsr: np.ndarray, core: int | None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The whole image, or the crops ``Upscaler`` feeds the network tile by tile."""
-    from ttsr_cli.pipeline import SCALE
-    from ttsr_cli.tiles import DEFAULT_OVERLAP, plan_tiles
-
-    if core is None:
-        yield lr, lrsr
-        return
-    for tile in plan_tiles(*lr.shape[:2], core, DEFAULT_OVERLAP):
-        y0, y1, x0, x1 = tile.y.read0, tile.y.read1, tile.x.read0, tile.x.read1
-        yield lr[y0:y1, x0:x1], lrsr[y0 * SCALE : y1 * SCALE, x0 * SCALE : x1 * SCALE]
-
-
 def measure(
     model: TTSR, lrs: list[np.ndarray], ref: np.ndarray, search: str, counting: Counting
 ) -> dict:
@@ -300,13 +339,13 @@ def measure(
     from ttsr_cli.pipeline import Upscaler
 
     upscaler = Upscaler(model, cpu(), search=search)
-    upscaler_s, sr, tiles, core = run_upscaler(upscaler, lrs, ref)
+    upscaler_s, sr, tiles, plan = run_upscaler(upscaler, lrs, ref)
     peak = peak_rss_mib()
     budget = upscaler.search_budget or default_search_budget(cpu())
     staged = StagedRun(model, search, budget, counting)
     references = [staged.encode_reference(ref)]
     for lr in lrs:
-        staged_sr = staged.upscale(lr, references, core)
+        staged_sr = staged.upscale(lr, references, plan)
     n = len(lrs)
     diff = None if staged_sr is None else int(np.abs(staged_sr.astype(int) - sr).max())
     return {
