@@ -15,6 +15,7 @@ configuration), both with random weights where untrained (speed does not depend 
     python tests/benchmarks/bench_speed.py                     # everything: an hour or more
     python tests/benchmarks/bench_speed.py --cases cufed5 1000x664 --skip-quality
     python tests/benchmarks/bench_speed.py --weights model.safetensors --json speed.json
+    python tests/benchmarks/bench_speed.py --cases 1mp 12mp --precision bf16 --max-memory 4.8GB
     python tests/benchmarks/bench_speed.py --quick             # tiny sizes: checks it runs
 
 Prints Markdown tables on stdout (progress on stderr).
@@ -331,21 +332,43 @@ class StagedRun:
         return match
 
 
+@dataclass(frozen=True)
+class Settings:
+    """What ``ttsr upscale --precision`` and ``--max-memory`` set (None: the default budget)."""
+
+    precision: str = "fp32"
+    memory_budget: int | None = None
+
+
 def measure(
-    model: TTSR, lrs: list[np.ndarray], ref: np.ndarray, search: str, counting: Counting
+    model: TTSR,
+    lrs: list[np.ndarray],
+    ref: np.ndarray,
+    search: str,
+    counting: Counting,
+    settings: Settings,
 ) -> dict:
     """One search on one case: Upscaler end to end (and its peak RSS), then staged."""
+    import contextlib
+
+    import torch
+
     from ttsr_cli.devices import default_search_budget
     from ttsr_cli.pipeline import Upscaler
 
-    upscaler = Upscaler(model, cpu(), search=search)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[settings.precision]
+    upscaler = Upscaler(
+        model, cpu(), search=search, precision=dtype, memory_budget=settings.memory_budget
+    )
     upscaler_s, sr, tiles, plan = run_upscaler(upscaler, lrs, ref)
     peak = peak_rss_mib()
     budget = upscaler.search_budget or default_search_budget(cpu())
     staged = StagedRun(model, search, budget, counting)
-    references = [staged.encode_reference(ref)]
-    for lr in lrs:
-        staged_sr = staged.upscale(lr, references, plan)
+    reduced = dtype != torch.float32
+    with torch.autocast("cpu", dtype) if reduced else contextlib.nullcontext():
+        references = [staged.encode_reference(ref)]
+        for lr in lrs:
+            staged_sr = staged.upscale(lr, references, plan)
     n = len(lrs)
     diff = None if staged_sr is None else int(np.abs(staged_sr.astype(int) - sr).max())
     return {
@@ -363,7 +386,14 @@ def measure(
     }
 
 
-def child(names: list[str], kind: str, searches: list[str] | None, quick: bool, batch: int) -> None:
+def child(
+    names: list[str],
+    kind: str,
+    searches: list[str] | None,
+    quick: bool,
+    batch: int,
+    settings: Settings,
+) -> None:
     """Measure cases ``names`` (each with ``searches``, default its own) with one model and
     print one JSON line."""
     import torch
@@ -372,13 +402,17 @@ def child(names: list[str], kind: str, searches: list[str] | None, quick: bool, 
     title, model = load_model(kind)
     model.eval()
     record: dict[str, Any] = {"title": title, "threads": torch.get_num_threads(), "cases": {}}
+    record.update(precision=settings.precision, memory_budget=settings.memory_budget)
     counting = Counting.of(model)
     with torch.inference_mode():
         warm_up(model)
         for name in names:
             case = (QUICK_CASES if quick else CASES)[name]
             lrs, ref = case_images(case, batch)
-            runs = {s: measure(model, lrs, ref, s, counting) for s in searches or case.searches}
+            runs = {
+                s: measure(model, lrs, ref, s, counting, settings)
+                for s in searches or case.searches
+            }
             record["cases"][name] = {"images": len(lrs), "runs": runs}
     record["process_s"] = time.perf_counter() - start
     print(json.dumps(record))
@@ -567,6 +601,8 @@ def run_cases(args: argparse.Namespace, cases: dict[str, Case], peak: float) -> 
             label = f"{kind}: {', '.join(names)} {'+'.join(searches)}"
             print(f"{label} ...", file=sys.stderr, flush=True)
             extra = ["--model", kind, "--batch", str(args.batch)] + ["--quick"] * args.quick
+            extra += ["--precision", args.precision]
+            extra += ["--max-memory", args.max_memory] if args.max_memory else []
             extra += [a for s in searches for a in ("--search", s)]
             record = run_child(__file__, ",".join(names), *extra)
             for name, measured in record.pop("cases").items():
@@ -685,6 +721,8 @@ def parse_args() -> argparse.Namespace:
         help="Trained weights for the quality table "
         "(default: the bundled model; none: the table is skipped).",
     )
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--max-memory", help="Upscale budget, as `ttsr upscale --max-memory`.")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--quick", action="store_true", help="Tiny sizes: checks that it runs.")
     parser.add_argument("--json", type=Path, help="Also write every number to this file.")
@@ -700,7 +738,11 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     if args.child:
-        child(args.child.split(","), args.model, args.search, args.quick, args.batch)
+        from ttsr_cli.devices import parse_size
+
+        budget = parse_size(args.max_memory) if args.max_memory else None
+        settings = Settings(args.precision, budget)
+        child(args.child.split(","), args.model, args.search, args.quick, args.batch, settings)
         return
     import torch
 
@@ -710,7 +752,7 @@ def main() -> None:
     if args.quick:
         print("**--quick: tiny sizes; the numbers only show that the benchmark runs.**\n")
     print(
-        f"fp32, CPU ({platform.processor() or platform.machine()}), "
+        f"{args.precision}, CPU ({platform.processor() or platform.machine()}), "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}; matmul peak "
         f"{peak:.1f} GFLOP/s (torch.mm {size}x{size}, best of {repeats}). GFLOP: matrix "
         "products and convolutions only (FlopCounterMode).\n"

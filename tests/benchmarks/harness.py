@@ -161,7 +161,12 @@ def matmul_peak_gflops(size: int = 4096, repeats: int = 3) -> float:
 
 
 def to_meta(value: T) -> T:
-    """A tensor's shape-only copy (other values unchanged), for counting FLOPs for free."""
+    """A tensor's shape-only copy (other values unchanged), for counting FLOPs for free.
+    Floating tensors become fp32: FLOPs do not depend on the dtype, and a meta model's fp32
+    weights meet bf16 activations without autocast, which does not reach meta tensors."""
     import torch
 
-    return value.to("meta") if isinstance(value, torch.Tensor) else value  # type: ignore[return-value]
+    if not isinstance(value, torch.Tensor):
+        return value
+    dtype = torch.float32 if value.is_floating_point() else value.dtype
+    return value.to("meta", dtype)  # type: ignore[return-value]
