@@ -129,7 +129,7 @@ class _KeyLevels:
 
     def made_from(self, keys: Sequence[torch.Tensor], b: int) -> bool:
         same = len(self._sources) == len(keys) and b == self._batch
-        return same and all(ref() is k for ref, k in zip(self._sources, keys, strict=False))
+        return same and all(ref() is k for ref, k in zip(self._sources, keys, strict=True))
 
     def keys(self, level: int) -> list[torch.Tensor]:
         if level == 0:
