@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ttsr_cli.nn import TTSR, TTSRConfig
+from ttsr_cli.archs.ttsr import TTSR, TTSRConfig
 from ttsr_cli.weights import save_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]

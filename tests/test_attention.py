@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from ttsr_cli.nn.attention import _tiles, plan_chunks, relevance_search, transfer
+from ttsr_cli.archs.ttsr.attention import _tiles, plan_chunks, relevance_search, transfer
 
 
 def dense_search(query: torch.Tensor, key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,8 +164,8 @@ def test_zero_patches_match_nothing_better_than_the_first_position() -> None:
 
 _MEASURE = """
 import resource, sys, torch
-from ttsr_cli.nn.attention import search_working_bytes
-from ttsr_cli.nn.ttsr import SEARCHES
+from ttsr_cli.archs.ttsr.attention import search_working_bytes
+from ttsr_cli.archs.ttsr.model import SEARCHES
 search = SEARCHES[sys.argv[1]]
 torch.manual_seed(0)
 query, key = torch.rand(1, 64, 48, 48), torch.rand(1, 64, 400, 400)

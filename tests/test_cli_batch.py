@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY, run_cli, sample_image, save_png
-from ttsr_cli.nn import TTSR
+from ttsr_cli.archs.ttsr import TTSR
 from ttsr_cli.weights import save_safetensors
 
 

@@ -13,7 +13,7 @@ from test_tiles import psnr
 
 from conftest import run_cli, sample_image, save_png
 from ttsr_cli.imageio import ImageData
-from ttsr_cli.pipeline import Upscaler
+from ttsr_cli.run.ttsr import TTSRRunner
 
 
 def upscale(lr: Path, weights: Path, out: Path, *options: str | Path):
@@ -46,7 +46,7 @@ def test_a_small_memory_budget_tiles(tiny_weights: Path, tmp_path: Path) -> None
 def test_outscale_sizes_with_alpha_and_sixteen_bits(tiny_model, scale: float, size) -> None:
     rgb = sample_image("astronaut", (37, 29)).astype(np.uint16) * 257
     alpha = np.full((29, 37), 30000, np.uint16)
-    upscaler = Upscaler(tiny_model, torch.device("cpu"))
+    upscaler = TTSRRunner(tiny_model, torch.device("cpu"))
     out, _ = upscaler.upscale_image(ImageData(rgb, alpha, 16), outscale=scale)
     assert out.size == size and out.rgb.dtype == np.uint16
     assert out.alpha.shape == size[::-1]

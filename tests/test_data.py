@@ -13,16 +13,16 @@ from ttsr_cli.data import (
     REGISTRY,
     dataset_info,
     dataset_root,
-    degrade,
     list_samples,
     parse_ref_level,
 )
 from ttsr_cli.errors import InputError, TTSRError
+from ttsr_cli.pixels import degrade
 
 
 def test_degrade_crops_to_multiples_of_4_and_uses_pillow_bicubic() -> None:
     hr = sample_image("astronaut", (103, 66))
-    cropped, lr, baseline = degrade(hr)
+    cropped, lr, baseline = degrade(hr, 4)
     assert cropped.shape == (64, 100, 3)
     np.testing.assert_array_equal(cropped, hr[:64, :100])  # top-left crop
     expected_lr = Image.fromarray(hr[:64, :100]).resize((25, 16), Image.BICUBIC)
@@ -34,7 +34,7 @@ def test_degrade_crops_to_multiples_of_4_and_uses_pillow_bicubic() -> None:
 
 def test_degrade_refuses_images_smaller_than_the_scale() -> None:
     with pytest.raises(InputError, match="at least 4x4"):
-        degrade(np.zeros((3, 10, 3), np.uint8))
+        degrade(np.zeros((3, 10, 3), np.uint8), 4)
 
 
 def test_registry_names_and_policies() -> None:

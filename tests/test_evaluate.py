@@ -17,13 +17,18 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED, make_cufed5, run_cli, sample_image, save_png
-from ttsr_cli.data import degrade
 from ttsr_cli.evaluate import Skipped, prepare, run
 from ttsr_cli.metrics import score
+from ttsr_cli.pixels import degrade
+from ttsr_cli.run import Runner, RunSettings, load_runner
 
 DATASETS = SHARED / "datasets"
 KEYS = {"dataset", "protocol", "images", "psnr", "ssim", "bicubic_psnr", "bicubic_ssim"}
 IMAGE_KEYS = {"name", "psnr", "ssim", "bicubic_psnr", "bicubic_ssim"}
+
+
+def _runner(weights: Path) -> Runner:
+    return load_runner(None, str(weights), RunSettings(search="exact"))
 
 
 def require_dataset(name: str) -> Path:
@@ -62,11 +67,11 @@ def test_published_bicubic_baselines(name: str, psnr: float, ssim: float) -> Non
 
 
 def test_library_run_scores_model_and_baseline(folder: Path, tiny_weights: Path) -> None:
-    benchmark = prepare("photos", folder, tiny_weights)
+    benchmark = prepare("photos", folder, _runner(tiny_weights))
     seen = []
     report = run(benchmark, on_image=seen.append)
     assert [r.name for r in report.results] == ["a.png", "b.png"] == [s.name for s in seen]
-    hr, _lr, baseline = degrade(sample_image("astronaut", (90, 70)))
+    hr, _lr, baseline = degrade(sample_image("astronaut", (90, 70)), 4)
     expected = score(baseline, hr)
     first = report.results[0]
     assert (first.bicubic_psnr, first.bicubic_ssim) == (expected.psnr, expected.ssim)
@@ -77,7 +82,7 @@ def test_library_run_scores_model_and_baseline(folder: Path, tiny_weights: Path)
 def test_cufed5_all_levels_are_searched_together(tmp_path: Path, tiny_weights: Path) -> None:
     root = make_cufed5(tmp_path / "CUFED5", ids=("000",))
     for level, expected in (("2", 1), ("all", 5)):
-        benchmark = prepare("cufed5", root, tiny_weights, ref_level=level)
+        benchmark = prepare("cufed5", root, _runner(tiny_weights), ref_level=level)
         upscaler = benchmark.upscaler
         counts = []
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 from pathlib import Path
 
@@ -14,11 +13,11 @@ from PIL import Image
 from test_attention import dense_search
 
 from conftest import run_cli, sample_image, save_png
-from ttsr_cli.nn import fast_search
-from ttsr_cli.nn.attention import relevance_search
-from ttsr_cli.nn.fast_search import choose_search, fast_relevance_search
-from ttsr_cli.nn.lte import LTE
-from ttsr_cli.pipeline import resize_bicubic
+from ttsr_cli.archs.ttsr import fast_search
+from ttsr_cli.archs.ttsr.attention import relevance_search
+from ttsr_cli.archs.ttsr.fast_search import choose_search, fast_relevance_search
+from ttsr_cli.archs.ttsr.lte import LTE
+from ttsr_cli.pixels import resize_bicubic
 
 BUDGET = 1 << 26
 
@@ -145,17 +144,21 @@ def test_each_distinct_window_is_scored_once() -> None:
     assert ids[1, slots[1, 0]] == 7
 
 
-def test_key_levels_are_made_once_per_reference_and_go_with_it(photo_pair) -> None:
-    """Tiles and images searched against one reference share its pooled levels and tables;
-    they are freed with the reference's key, and reusing them changes no match."""
+def test_key_levels_are_made_once_per_reference_set_and_kept_by_its_holder(photo_pair) -> None:
+    """Tiles and images searched against one reference share its pooled levels and tables
+    through the index their holder keeps; reusing them changes no match, and a search given
+    no index (or one of other keys) keeps nothing behind."""
     query, key = photo_pair
-    key = key.clone()
-    name = id(key)
-    first = fast_relevance_search(query, [key], BUDGET)
-    (levels,) = fast_search._LEVELS[name]
-    fast_relevance_search(query[..., :24, :40], [key], BUDGET)  # another tile
-    assert fast_search._LEVELS[name] == [levels]
-    assert torch.equal(fast_relevance_search(query, [key], BUDGET).index, first.index)
-    del key
-    gc.collect()
-    assert name not in fast_search._LEVELS
+    index = fast_search.KeyIndex([key])
+    first = fast_relevance_search(query, [key], BUDGET, index)
+    levels = index.levels(0)
+    tables = dict(levels._tables)
+    assert tables  # the finer levels' tables were built
+    fast_relevance_search(query[..., :24, :40], [key], BUDGET, index)  # another tile
+    assert index.levels(0) is levels and all(levels._tables[k] is t for k, t in tables.items())
+    assert torch.equal(fast_relevance_search(query, [key], BUDGET, index).index, first.index)
+    other = fast_search.KeyIndex([key.clone()])
+    assert not other.holds([key]) and index.holds([key])
+    assert torch.equal(fast_relevance_search(query, [key], BUDGET, other).index, first.index)
+    assert not other._levels  # made from other keys: not used, not filled
+    assert not hasattr(fast_search, "_LEVELS")

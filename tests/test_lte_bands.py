@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ttsr_cli.nn.lte import ALIGN, BAND_TENSORS, HALO, LTE, band_height, bands
+from ttsr_cli.archs.ttsr.lte import ALIGN, BAND_TENSORS, HALO, LTE, band_height, bands
 
 WIDTHS = (8, 16, 32)
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import TINY, require_official
-from ttsr_cli.nn import TTSR, TTSRConfig
-from ttsr_cli.nn.lte import LTE
+from ttsr_cli.archs.ttsr import TTSR, TTSRConfig
+from ttsr_cli.archs.ttsr.lte import LTE
 
 
 def test_paper_configuration_has_exactly_the_original_keys_and_shapes() -> None:

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from conftest import run_cli
-from ttsr_cli.pipeline import to_image
-from ttsr_cli.weights import load_model
+from ttsr_cli.pixels import to_image
+from ttsr_cli.weights import load
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def parity() -> dict:
 # 48 KiB: blocks of about 64 x 64 positions (single-row pieces), far below any real budget.
 @pytest.mark.parametrize("budget", [None, 48 << 10])
 def test_outputs_match_the_original(official: Path, parity: dict, budget: int | None) -> None:
-    model = load_model(official / "state_dict.pt")
+    model, _ = load(official / "state_dict.pt")
     x, expected = parity["inputs"], parity["outputs"]
     with torch.inference_mode():
         out = model(x["lr"], x["lrsr"], x["ref"], x["refsr"], search_budget=budget)

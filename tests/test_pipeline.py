@@ -12,16 +12,13 @@ from PIL import Image
 from conftest import sample_image
 from ttsr_cli.errors import InputError
 from ttsr_cli.imageio import ImageData
-from ttsr_cli.pipeline import (
+from ttsr_cli.pixels import reference_pair, resize_bicubic, to_image, to_tensor
+from ttsr_cli.run.ttsr import (
     REFERENCE_SHARE,
     ReferenceCache,
-    Upscaler,
+    TTSRRunner,
     _feature_bytes,
     reference_feature_bytes,
-    reference_pair,
-    resize_bicubic,
-    to_image,
-    to_tensor,
 )
 
 
@@ -47,7 +44,7 @@ def test_reference_smaller_than_one_patch_is_refused() -> None:
 
 
 def test_self_reference_equals_the_upsampled_input_as_reference(tiny_model) -> None:
-    upscaler = Upscaler(tiny_model, torch.device("cpu"))
+    upscaler = TTSRRunner(tiny_model, torch.device("cpu"))
     lr = sample_image("astronaut", (21, 18))
     lrsr = np.asarray(Image.fromarray(lr).resize((84, 72), Image.BICUBIC))
     explicit = upscaler.upscale(lr, [upscaler.encode_reference(lrsr)])
@@ -56,7 +53,7 @@ def test_self_reference_equals_the_upsampled_input_as_reference(tiny_model) -> N
 
 
 def test_encoded_reference_is_reusable_across_images(tiny_model) -> None:
-    upscaler = Upscaler(tiny_model, torch.device("cpu"), search_budget=1 << 16)
+    upscaler = TTSRRunner(tiny_model, torch.device("cpu"), search_budget=1 << 16)
     ref = upscaler.encode_reference(sample_image("coffee", (64, 48)))
     first = upscaler.upscale(sample_image("astronaut", (16, 12)), [ref])
     upscaler.upscale(sample_image("chelsea", (20, 10)), [ref])
@@ -67,8 +64,8 @@ def test_references_store_fp32_values_while_they_fit_the_budget(tiny_model) -> N
     ref = sample_image("coffee", (64, 48))
     full = reference_feature_bytes(48, 64, tiny_model.config.lte_widths, 4)
     for upscaler in (
-        Upscaler(tiny_model, torch.device("cpu")),
-        Upscaler(tiny_model, torch.device("cpu"), memory_budget=int(full / REFERENCE_SHARE)),
+        TTSRRunner(tiny_model, torch.device("cpu")),
+        TTSRRunner(tiny_model, torch.device("cpu"), memory_budget=int(full / REFERENCE_SHARE)),
     ):
         features = upscaler.encode_reference(ref)
         assert all(t.dtype == torch.float32 for t in (features.key, *features.values))
@@ -78,13 +75,15 @@ def test_references_store_fp32_values_while_they_fit_the_budget(tiny_model) -> N
 def test_references_too_large_for_the_budget_store_fp16_values(tiny_model) -> None:
     ref, lr = sample_image("coffee", (64, 48)), sample_image("astronaut", (16, 12))
     full = reference_feature_bytes(48, 64, tiny_model.config.lte_widths, 4)
-    tight = Upscaler(tiny_model, torch.device("cpu"), memory_budget=int(full / REFERENCE_SHARE) - 1)
+    tight = TTSRRunner(
+        tiny_model, torch.device("cpu"), memory_budget=int(full / REFERENCE_SHARE) - 1
+    )
     compact = tight.encode_reference(ref)
     assert compact.key.dtype == torch.float32  # the search compares it: kept exact
     assert all(v.dtype == torch.float16 for v in compact.values)
     halved = sum(v.numel() * 2 for v in compact.values)
     assert _feature_bytes(compact) == full - halved  # what tile_core subtracts
-    whole = Upscaler(tiny_model, torch.device("cpu"))
+    whole = TTSRRunner(tiny_model, torch.device("cpu"))
     exact = whole.upscale(lr, [whole.encode_reference(ref)])
     assert np.abs(whole.upscale(lr, [compact]).astype(int) - exact).max() <= 1
 
@@ -113,7 +112,7 @@ def test_sixteen_bit_tensors_use_the_full_range() -> None:
 
 
 def test_image_with_alpha_and_sixteen_bits_is_upscaled_whole(tiny_model) -> None:
-    upscaler = Upscaler(tiny_model, torch.device("cpu"))
+    upscaler = TTSRRunner(tiny_model, torch.device("cpu"))
     rgb = sample_image("astronaut", (15, 11)).astype(np.uint16) * 257
     alpha = np.full((11, 15), 40000, np.uint16)
     out, _ = upscaler.upscale_image(ImageData(rgb, alpha, 16, b"icc", True, "PNG"))
@@ -123,7 +122,7 @@ def test_image_with_alpha_and_sixteen_bits_is_upscaled_whole(tiny_model) -> None
 
 
 def test_bf16_runs_on_cpu(tiny_model) -> None:
-    upscaler = Upscaler(tiny_model, torch.device("cpu"), precision=torch.bfloat16)
+    upscaler = TTSRRunner(tiny_model, torch.device("cpu"), precision=torch.bfloat16)
     out = upscaler.upscale(sample_image("astronaut", (18, 13)))
     assert out.shape == (52, 72, 3) and out.dtype == np.uint8
     assert out.std() > 0 and next(tiny_model.parameters()).dtype == torch.float32
@@ -134,16 +133,34 @@ def test_reference_cache_encodes_once_and_forgets_after_last_use(
 ) -> None:
     ref = tmp_path / "ref.png"
     Image.fromarray(sample_image("coffee", (40, 32))).save(ref)
-    upscaler = Upscaler(tiny_model, torch.device("cpu"))
+    upscaler = TTSRRunner(tiny_model, torch.device("cpu"))
     calls = []
     encode = upscaler.encode_reference
     monkeypatch.setattr(upscaler, "encode_reference", lambda a: calls.append(1) or encode(a))
     cache = ReferenceCache(upscaler, [ref, ref])
     with cache.borrow([ref]) as first, cache.borrow([ref]) as second:
-        assert first[0] is second[0]
-    assert len(calls) == 1 and not cache._features
+        assert first is second and first.features[0] is second.features[0]
+    assert len(calls) == 1 and not cache._features and not cache._sets
     broken = tmp_path / "broken.png"
     broken.write_bytes(ref.read_bytes()[:100])
     cache = ReferenceCache(upscaler, [broken])
     with pytest.raises(InputError, match=r"reference .*broken\.png"), cache.borrow([broken]):
         pass
+
+
+def test_fp32_on_cuda_means_no_tf32_for_the_run() -> None:
+    """PyTorch lets cuDNN use TF32 by default, which moved the CSNLN fixture's output by
+    975 8-bit values on an H200: an fp32 run turns it off, and restores it after."""
+    from ttsr_cli.run.common import autocast
+
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        with autocast(torch.device("cuda"), torch.float32):
+            assert not torch.backends.cudnn.allow_tf32
+            assert not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32
+        with autocast(torch.device("cpu"), torch.float32):
+            assert torch.backends.cudnn.allow_tf32  # nothing to change on the CPU
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

@@ -21,10 +21,10 @@ from hub_server import fake_hub
 from PIL import Image
 
 from conftest import sample_image, save_png
+from ttsr_cli.archs.ttsr import TTSR
 from ttsr_cli.errors import TTSRError
-from ttsr_cli.nn import TTSR
 from ttsr_cli.registry import HubFile, load_registry, parse_hf_url
-from ttsr_cli.weights import load_model
+from ttsr_cli.weights import load
 
 REPO, FILE = "test-org/ttsr-tiny", "tiny.safetensors"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
@@ -37,6 +37,9 @@ def write_registry(folder: Path, sha256: str, bundled: Path | None = None) -> Pa
     text = 'default = "local"\n'
     text += f"""
 [models.tiny]
+family = "ttsr"
+scale = 4
+reference = true
 description = "tiny test model on the Hub"
 hub = {{ repo = "{REPO}", file = "{FILE}", revision = "main" }}
 sha256 = "{sha256}"
@@ -47,6 +50,9 @@ card = "tiny.md"
         (folder / "local.safetensors").write_bytes(bundled.read_bytes())
         text += """
 [models.local]
+family = "ttsr"
+scale = 4
+reference = true
 description = "tiny test model, bundled"
 file = "local.safetensors"
 license = "MIT"
@@ -238,9 +244,12 @@ def test_published_models_need_their_repository(
     assert "models--someone--ttsr" in str(next((tmp_path / "hf").rglob("TTSR-rec.pt")))
 
 
+CSNLN = ("csnln-x2", "csnln-x3", "csnln-x4")
+
+
 def test_packaged_registry() -> None:
     registry = load_registry()
-    assert set(registry.models) == {"ttsr", "ttsr-rec", "ttsr-gan"}
+    assert set(registry.models) == {"ttsr", "ttsr-rec", "ttsr-gan", *CSNLN}
     for entry in registry.models.values():
         assert (registry.root / entry.card).is_file()
     for name in ("ttsr-rec", "ttsr-gan"):
@@ -268,12 +277,17 @@ def test_parse_bad_hf_url(url: str) -> None:
         parse_hf_url(url)
 
 
+ENTRY = 'file = "x"\ndescription = "x"\nlicense = "x"\ncard = "x.md"\n'
+
+
 @pytest.mark.parametrize(
     ("table", "fragment"),
     [
         ('description = "x"\nlicense = "x"\ncard = "x.md"', "exactly one of"),
-        ('file = "x"\nlicense = "x"\ncard = "x.md"', "description"),
+        ('file = "x"\nlicense = "x"\ncard = "x.md"', "missing field 'description'"),
         ('file = "x"\ndescription = "x"\nlicense = "x"\ncard = "x"\nsha256 = "12"', "64 hex"),
+        (f'{ENTRY}family = "ttsr"\nreference = true', "missing field 'scale'"),
+        (f'{ENTRY}family = "ttsr"\nreference = true\nscale = 0', "positive integer"),
     ],
 )
 def test_bad_registry_entries(tmp_path: Path, table: str, fragment: str) -> None:
@@ -298,5 +312,5 @@ def test_the_bundled_default_is_the_lite_model_it_claims() -> None:
     data = path.read_bytes()
     assert len(data) <= 10_000_000
     assert hashlib.sha256(data).hexdigest() == entry.sha256
-    config = load_model(path).config.to_dict()
+    config = load(path)[1].config
     assert {k: config[k] for k in entry.config} == entry.config

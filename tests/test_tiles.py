@@ -10,7 +10,7 @@ import torch
 
 from conftest import sample_image
 from ttsr_cli.devices import SEARCH_BUDGET_CAP, SEARCH_BUDGET_FLOOR, search_budget_within
-from ttsr_cli.pipeline import Upscaler
+from ttsr_cli.run.ttsr import TTSRRunner
 from ttsr_cli.tiles import (
     FINE_OVERLAP,
     MIN_TILE,
@@ -115,10 +115,10 @@ def test_plan_is_row_major_and_cores_are_inside_reads() -> None:
 
 def test_a_small_budget_tiles_and_tiles_are_seamless(tiny_model) -> None:
     lr = sample_image("astronaut", (90, 70))
-    whole = Upscaler(tiny_model, torch.device("cpu"))
+    whole = TTSRRunner(tiny_model, torch.device("cpu"))
     ref = whole.encode_reference(sample_image("coffee", (120, 80)))
     expected = whole.upscale_detailed(lr, [ref])
-    tiled = Upscaler(tiny_model, torch.device("cpu"), memory_budget=4 << 20, overlap=16)
+    tiled = TTSRRunner(tiny_model, torch.device("cpu"), memory_budget=4 << 20, overlap=16)
     plan = tiled.tile_plan(70, 90, [ref])
     assert plan is not None and plan.coarse == plan_tiles(70, 90, MIN_TILE, 16)
     seen = []
@@ -135,8 +135,8 @@ def test_fine_tiles_of_whole_coarse_maps_reproduce_the_untiled_upscale(tiny_mode
     """With the coarse pass whole, tiling only the 4x stage leaves the output as it was: the
     fine margin covers what stage 3 sees beyond a core."""
     lr = sample_image("astronaut", (96, 72))
-    whole = Upscaler(tiny_model, torch.device("cpu")).upscale(lr)
-    tiled = Upscaler(tiny_model, torch.device("cpu"), overlap=FINE_OVERLAP)
+    whole = TTSRRunner(tiny_model, torch.device("cpu")).upscale(lr)
+    tiled = TTSRRunner(tiny_model, torch.device("cpu"), overlap=FINE_OVERLAP)
     fine = plan_tiles(72, 96, 40, FINE_OVERLAP)
     tiled.tile_plan = lambda h, w, refs: TilePlan(plan_tiles(h, w, 96, 32), fine, 1 << 30)
     result = tiled.upscale_detailed(lr)
@@ -146,7 +146,7 @@ def test_fine_tiles_of_whole_coarse_maps_reproduce_the_untiled_upscale(tiny_mode
 
 def test_sixteen_bits_tile_too(tiny_model) -> None:
     lr = sample_image("astronaut", (60, 40)).astype(np.uint16) * 257
-    whole = Upscaler(tiny_model, torch.device("cpu")).upscale(lr)
-    tiled = Upscaler(tiny_model, torch.device("cpu"), tile=MIN_TILE, overlap=16).upscale(lr)
+    whole = TTSRRunner(tiny_model, torch.device("cpu")).upscale(lr)
+    tiled = TTSRRunner(tiny_model, torch.device("cpu"), tile=MIN_TILE, overlap=16).upscale(lr)
     assert tiled.dtype == np.uint16 and tiled.shape == whole.shape
     assert psnr(tiled / 257.0, whole / 257.0) >= 45

@@ -17,10 +17,12 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import make_cufed5, run_cli, sample_image, save_png
+from ttsr_cli.archs.vgg import VGG19Relu5
+from ttsr_cli.devices import TorchrunEnv
 from ttsr_cli.errors import TTSRError
-from ttsr_cli.nn.vgg import VGG19Relu5
-from ttsr_cli.pairs import PairDataset
-from ttsr_cli.train import CONFIGS, Distributed, TrainOptions, load_config, step_batches, train
+from ttsr_cli.train import TrainOptions, load_config, step_batches, train
+from ttsr_cli.train.pairs import PairDataset
+from ttsr_cli.train.ttsr import CONFIGS
 
 TRAIN_ARGS = (
     "--config",
@@ -59,7 +61,7 @@ def options(photos: Path, out: Path, **overrides) -> TrainOptions:
     base = dict(
         data=photos,
         out=out,
-        config=CONFIGS["tiny"],
+        config=load_config("tiny"),
         batch_size=2,
         patch_size=48,
         device="cpu",
@@ -202,7 +204,7 @@ def test_two_process_ddp_ranks_end_identical(photos: Path, tmp_path: Path) -> No
 
 
 def test_ranks_draw_distinct_slices_of_each_global_batch() -> None:
-    ranks = [list(step_batches(0, 3, 2, Distributed(rank=r, world=2))) for r in range(2)]
+    ranks = [list(step_batches(0, 3, 2, TorchrunEnv(rank=r, world=2))) for r in range(2)]
     assert ranks[0] == [[0, 1], [4, 5], [8, 9]]
     assert ranks[1] == [[2, 3], [6, 7], [10, 11]]
 
@@ -293,8 +295,8 @@ def test_configuration_files(tmp_path: Path) -> None:
     path.write_text(
         "[model]\nn_feats = 24\nnum_res_blocks = [2, 1, 1, 1]\nlte_widths = [8, 16, 32]\n"
     )
-    assert load_config(str(path)).n_feats == 24
-    assert load_config("paper") == CONFIGS["paper"]
+    assert load_config(str(path))["n_feats"] == 24
+    assert load_config("paper") == CONFIGS["paper"].to_dict()
     with pytest.raises(TTSRError, match="unknown configuration"):
         load_config("huge")
     path.write_text("[model]\nn_feats = 'wide'\n")
@@ -363,8 +365,8 @@ def _mean_off_diagonal_cosine(lte: torch.nn.Module, image: torch.Tensor) -> floa
 
 def test_matching_loss_makes_a_random_lte_tell_patches_apart() -> None:
     """The failure it addresses: a random LTE scores every pair of patches near cosine 1."""
-    from ttsr_cli.losses import matching_loss
-    from ttsr_cli.nn.lte import LTE
+    from ttsr_cli.archs.ttsr.lte import LTE
+    from ttsr_cli.train.losses import matching_loss
 
     torch.manual_seed(0)
     lte = LTE((8, 16, 32))

@@ -12,9 +12,9 @@ import torch
 from hub_server import fake_hub
 from safetensors.torch import save_file
 
+from ttsr_cli.archs.ttsr.lte import LTE
+from ttsr_cli.archs.vgg import VGG19Relu5
 from ttsr_cli.errors import TTSRError
-from ttsr_cli.nn.lte import LTE
-from ttsr_cli.nn.vgg import VGG19Relu5
 from ttsr_cli.vgg_weights import init_lte, perceptual_network, vgg19_features
 
 REPO, FILE = "timm/vgg19.tv_in1k", "model.safetensors"

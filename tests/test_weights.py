@@ -10,9 +10,16 @@ import pytest
 import torch
 
 from conftest import TINY
+from ttsr_cli.archs.ttsr import TTSR, TTSRConfig
+from ttsr_cli.archs.ttsr.load import infer_config
 from ttsr_cli.errors import TTSRError
-from ttsr_cli.nn import TTSR, TTSRConfig
-from ttsr_cli.weights import infer_config, load_model, save_safetensors
+from ttsr_cli.weights import load, save_safetensors
+
+
+def load_model(path: Path) -> TTSR:
+    model, descriptor = load(path)
+    assert descriptor.family == "ttsr" and isinstance(model, TTSR)
+    return model
 
 
 def test_official_fixture_loads_strictly_with_no_flags(official: Path) -> None:
@@ -119,7 +126,7 @@ def test_pickled_code_is_never_executed(tmp_path: Path) -> None:
 
 def test_a_file_that_is_not_a_ttsr_checkpoint(tmp_path: Path) -> None:
     torch.save({"conv.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
-    with pytest.raises(TTSRError, match="not a TTSR checkpoint"):
+    with pytest.raises(TTSRError, match="not a checkpoint of a known network"):
         load_model(tmp_path / "other.pt")
     with pytest.raises(TTSRError, match="not found"):
         load_model(tmp_path / "absent.pt")

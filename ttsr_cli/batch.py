@@ -1,6 +1,6 @@
 """Many images in one run: which files, where their results go, which references they use.
 
-A batch is a loop over the single-image path (:func:`ttsr_cli.pipeline.upscale_file`), not a
+A batch is a loop over the single-image path (:func:`ttsr_cli.outputs.upscale_file`), not a
 copy of it.  Everything that can be checked before the network runs is checked first (options,
 output names, references), so configuration mistakes stop the run before any work; after that
 one bad image never stops the others, and each output is written atomically as it completes.
@@ -19,9 +19,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from ttsr_cli.errors import InputError, TTSRError
+from ttsr_cli.archs.descriptor import Descriptor
+from ttsr_cli.devices import torchrun_env
+from ttsr_cli.errors import InputError, TTSRError, first_line
 from ttsr_cli.imageio import output_format, probe_size
-from ttsr_cli.pipeline import SCALE, ReferenceCache, UpscaleOptions, Upscaler, upscale_file
+from ttsr_cli.outputs import UpscaleOptions, upscale_file
+from ttsr_cli.run import Runner
+from ttsr_cli.run.ttsr import ReferenceCache
 
 DEFAULT_SUFFIX = "_ttsr"
 FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
@@ -92,12 +96,13 @@ class Result:
     seconds: float = 0.0
     size: tuple[int, int] | None = None
     tiles: int = 1
-    search: str | None = None
+    mode: dict[str, str] | None = None
     traceback: str | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         """The JSON record: ``input, output, status, error, seconds``, and for a written image
-        the relevance ``search`` used (exact or fast) and its ``tiles``."""
+        its ``tiles`` and the choices made for it (TTSR: the relevance ``search``, exact or
+        fast; CSNLN: the ``attention``, exact or windowed)."""
         record = {
             "input": str(self.input),
             "output": None if self.output is None else str(self.output),
@@ -105,8 +110,9 @@ class Result:
             "error": self.error,
             "seconds": round(self.seconds, 3),
         }
-        if self.search is not None:
-            record.update(search=self.search, tiles=self.tiles)
+        if self.mode is not None:
+            record.update(self.mode)
+            record["tiles"] = self.tiles
         return record
 
 
@@ -161,8 +167,43 @@ def _folder_images(
 def torchrun_shard() -> str | None:
     """``RANK+1/WORLD_SIZE`` under torchrun (several processes), so each rank takes its own
     slice of the inputs without being told; ``None`` when run alone."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return f"{int(os.environ.get('RANK', '0')) + 1}/{world}" if world > 1 else None
+    env = torchrun_env()
+    return f"{env.rank + 1}/{env.world}" if env.world > 1 else None
+
+
+def check_extras(extras: UpscaleOptions, descriptor: Descriptor) -> None:
+    """Pictures the model can give: attention maps need a reference search."""
+    if extras.attention_dir is not None and not descriptor.takes_reference:
+        raise TTSRError(
+            f"--save-attention: a {descriptor.family} model has no reference search to picture"
+        )
+
+
+def reference_options(
+    sources: Sequence[Source],
+    refs: Sequence[Path],
+    ref_dir: Path | None,
+    ref_map: Path | None,
+    pool: tuple[Path | None, int],
+    descriptor: Descriptor,
+    on_error: Callable[[str], None],
+) -> ReferenceOptions:
+    """The references the options name, checked against the model: one that takes no
+    reference refuses them all (a usage error, before any work).  ``refs == [auto]``
+    ranks ``pool`` (``(folder, top)``) for each input."""
+    options = (("--ref", refs), ("--ref-dir", ref_dir), ("--ref-map", ref_map), ("--pool", pool[0]))
+    given = [name for name, value in options if value]
+    if given and not descriptor.takes_reference:
+        raise TTSRError(
+            f"{given[0]}: a {descriptor.family} model takes no reference image (it upscales "
+            "from the image alone); leave the reference options out or use a TTSR model"
+        )
+    if list(refs) != [Path(AUTO)]:
+        return ReferenceOptions(tuple(refs), ref_dir, ref_map)
+    folder, top = pool
+    if folder is None:
+        raise TTSRError("--ref auto needs --pool DIR")
+    return ReferenceOptions((), ref_dir, ref_map, ranked_references(sources, folder, top, on_error))
 
 
 def ranked_references(
@@ -334,8 +375,9 @@ def read_ref_map(path: Path) -> dict[Path, tuple[Path, ...]]:
     return table
 
 
-def check_references(jobs: Sequence[Job]) -> None:
-    """Every reference that will be used exists, is an image and is large enough.
+def check_references(jobs: Sequence[Job], scale: int = 4) -> None:
+    """Every reference that will be used exists, is an image and is at least ``scale``
+    pixels a side (TTSR crops it to multiples of its scale).
 
     Only headers are read.  A problem here is a configuration error (exit 2) found before any
     input is processed; a reference whose pixels later fail to decode fails only the inputs
@@ -346,31 +388,31 @@ def check_references(jobs: Sequence[Job]) -> None:
             width, height = probe_size(ref)
         except InputError as exc:
             raise TTSRError(f"reference {exc}") from None
-        if width < SCALE or height < SCALE:
+        if width < scale or height < scale:
             raise TTSRError(
-                f"reference {ref}: is {width}x{height}; it must be at least {SCALE}x{SCALE}"
+                f"reference {ref}: is {width}x{height}; it must be at least {scale}x{scale}"
             )
 
 
 def run(
-    upscaler: Upscaler,
+    runner: Runner,
     jobs: Sequence[Job],
     outputs: OutputOptions,
     on_result: Callable[[Result], None] | None = None,
 ) -> list[Result]:
     """Upscale every job in order; each outcome is reported as soon as it is known."""
     runnable = [job for job in jobs if job.problem is None]
-    cache = ReferenceCache(upscaler, [ref for job in runnable for ref in job.references])
+    cache = ReferenceCache(runner, [ref for job in runnable for ref in job.references])
     results = []
     for job in jobs:
-        result = _run_one(upscaler, cache, job, outputs)
+        result = _run_one(runner, cache, job, outputs)
         results.append(result)
         if on_result is not None:
             on_result(result)
     return results
 
 
-def _run_one(upscaler: Upscaler, cache: ReferenceCache, job: Job, outputs: OutputOptions) -> Result:
+def _run_one(runner: Runner, cache: ReferenceCache, job: Job, outputs: OutputOptions) -> Result:
     start = time.perf_counter()
     if job.problem is not None:
         return Result(job.source, None, "error", job.problem)
@@ -379,7 +421,7 @@ def _run_one(upscaler: Upscaler, cache: ReferenceCache, job: Job, outputs: Outpu
     try:
         with cache.borrow(job.references) as references:
             written = upscale_file(
-                upscaler,
+                runner,
                 job.source,
                 job.destination,
                 references,
@@ -391,14 +433,9 @@ def _run_one(upscaler: Upscaler, cache: ReferenceCache, job: Job, outputs: Outpu
         if isinstance(exc, InputError):
             reason = str(exc).removeprefix(f"{job.source}: ")
         else:
-            reason = f"{type(exc).__name__}: {_first_line(exc)}"
+            reason = f"{type(exc).__name__}: {first_line(exc, 1000)}"
         seconds = time.perf_counter() - start
         return Result(job.source, None, "error", reason, seconds, traceback=traceback.format_exc())
     seconds = time.perf_counter() - start
-    size, tiles, search = written.size, written.tiles, written.search
-    return Result(job.source, job.destination, "ok", None, seconds, size, tiles, search)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else "no message"
+    size, tiles, mode = written.size, written.tiles, written.mode
+    return Result(job.source, job.destination, "ok", None, seconds, size, tiles, mode)

@@ -10,14 +10,15 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ttsr_cli import __version__, batch, matching, registry
+from ttsr_cli import __version__, batch, matching, registry, run
 from ttsr_cli.batch import DEFAULT_SUFFIX
 from ttsr_cli.console import error, reported_errors, stderr, training_progress
-from ttsr_cli.devices import parse_size, select_device, select_precision
+from ttsr_cli.devices import select_device
 from ttsr_cli.errors import TTSRError
-from ttsr_cli.evaluate import Benchmark, ImageResult, Report, Skipped, prepare, run, write_csv
-from ttsr_cli.pipeline import UpscaleOptions, Upscaler
-from ttsr_cli.weights import load_model
+from ttsr_cli.evaluate import Benchmark, ImageResult, Report, Skipped, prepare, write_csv
+from ttsr_cli.evaluate import run as run_benchmark
+from ttsr_cli.outputs import UpscaleOptions
+from ttsr_cli.weights import load as load_weights
 
 #: Options every command shares, declared once.
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on failure.")]
@@ -27,9 +28,28 @@ DeviceOption = Annotated[
 SearchOption = Annotated[
     str,
     typer.Option(
-        help="Relevance search: exact (the paper's), fast (coarse-to-fine, time linear in the "
-        "image size, slightly approximate) or auto (exact unless that would take long)."
+        help="TTSR's relevance search: exact (the paper's), fast (coarse-to-fine, time linear "
+        "in the image size, slightly approximate) or auto (exact unless that would take long)."
     ),
+]
+AttentionOption = Annotated[
+    str,
+    typer.Option(
+        help="CSNLN's attention: exact (over the whole image, as the paper), windowed "
+        "(overlapping windows, time linear in the image size) or auto (exact unless that "
+        "would take long or not fit --max-memory)."
+    ),
+]
+MaxMemoryOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Memory budget for each image's run, e.g. 2GB (default: half of the free RAM, "
+        "or VRAM on a GPU). What does not fit runs in overlapping tiles (TTSR) or attention "
+        "windows (CSNLN with --attention auto).",
+    ),
+]
+PrecisionOption = Annotated[
+    str, typer.Option(help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")
 ]
 
 app = typer.Typer(
@@ -99,9 +119,10 @@ def upscale(
         typer.Option(
             "--weights",
             "-w",
-            help="Checkpoint: an original TTSR .pt (TTSR.pt, TTSR-rec.pt) or a ttsr "
-            ".safetensors, a local file or hf://OWNER/REPO/FILE\\[@REVISION]. The architecture "
-            "is read from the file.",
+            help="Checkpoint of any family: the authors' .pt (TTSR.pt, TTSR-rec.pt, CSNLN "
+            "model_x4.pt) or a ttsr .safetensors, a local file or "
+            "hf://OWNER/REPO/FILE\\[@REVISION]. The network and its configuration are "
+            "read from the file.",
         ),
     ] = None,
     model: Annotated[
@@ -140,21 +161,18 @@ def upscale(
         typer.Option(help="K/N: process only every N-th input from the K-th (sorted order)."),
     ] = None,
     device: DeviceOption = "auto",
-    precision: Annotated[
-        str, typer.Option(help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")
-    ] = "auto",
-    max_memory: Annotated[
-        str | None,
-        typer.Option(
-            help="Memory budget for each upscale, e.g. 2GB (default: half of free RAM or "
-            "VRAM). Larger images are processed in overlapping tiles to fit.",
-        ),
-    ] = None,
+    precision: PrecisionOption = "auto",
+    max_memory: MaxMemoryOption = None,
     tile: Annotated[
         int | None,
-        typer.Option(min=8, help="Force tiles of this many LR pixels a side (default: by budget)."),
+        typer.Option(
+            min=8,
+            help="Force tiles (CSNLN: attention windows) of this many LR pixels a side "
+            "(default: by budget).",
+        ),
     ] = None,
     search: SearchOption = "auto",
+    attention: AttentionOption = "auto",
     outscale: Annotated[
         float | None,
         typer.Option(min=0.01, help="Final scale: the x4 result resized with Lanczos, e.g. 2."),
@@ -176,7 +194,8 @@ def upscale(
     ] = False,
     debug: DebugOption = False,
 ) -> None:
-    """Upscale images x4 with texture transferred from one or more reference images.
+    """Upscale images with the bundled model or any loaded one: TTSR borrows texture from
+    reference images, CSNLN mines it from the image itself.
 
     Example: [bold]ttsr upscale photo.png --ref sharp.jpg --weights TTSR.pt -o photo_x4.png[/]
 
@@ -185,30 +204,22 @@ def upscale(
     """
     with reported_errors(debug):
         start = time.perf_counter()
+        settings = run.settings(device, precision, max_memory, tile, search, attention)
+        runner = run.load_runner(model, weights, settings)
         extras = UpscaleOptions(outscale, save_attention, compare)
         outputs = batch.OutputOptions(output, suffix, output_format, quality, skip_existing, extras)
+        batch.check_extras(extras, runner.descriptor)
         shard = shard or batch.torchrun_shard()
         sources = batch.select_shard(batch.collect_inputs(images, recursive, suffix), shard)
-        if ref == [Path(batch.AUTO)]:
-            if pool is None:
-                raise TTSRError("--ref auto needs --pool DIR")
-            ranked = batch.ranked_references(sources, pool, ref_top, error)
-            references = batch.ReferenceOptions((), ref_dir, ref_map, ranked)
-        else:
-            references = batch.ReferenceOptions(tuple(ref or ()), ref_dir, ref_map)
-        jobs = batch.plan(sources, outputs, references)
-        target = select_device(device)
-        dtype = select_precision(precision, target)
-        budget = parse_size(max_memory) if max_memory else None
-        batch.check_references(jobs)
-        checkpoint = load_model(registry.resolve(model, weights), target)
-        upscaler = Upscaler(
-            checkpoint, target, precision=dtype, memory_budget=budget, tile=tile, search=search
+        references = batch.reference_options(
+            sources, ref or [], ref_dir, ref_map, (pool, ref_top), runner.descriptor, error
         )
-        report = _Report(len(jobs), quiet, verbose, debug, str(target))
-        upscaler.on_tile = report.tile
+        jobs = batch.plan(sources, outputs, references)
+        batch.check_references(jobs, runner.descriptor.scale)
+        report = _Report(len(jobs), quiet, verbose, debug, str(settings.device))
+        runner.on_tile = report.tile
         with report:
-            results = batch.run(upscaler, jobs, outputs, report.add)
+            results = batch.run(runner, jobs, outputs, report.add)
         report.finish(results, time.perf_counter() - start, json_output)
         if any(r.status == "error" for r in results):
             raise typer.Exit(1)
@@ -251,7 +262,9 @@ class _Report:
             error(f"{result.input}: {result.error}")
         elif self.verbose and not self.quiet:
             notes = [f"{result.tiles} tiles"] if result.tiles > 1 else []
-            notes += ["fast search"] if result.search == "fast" else []
+            mode = result.mode or {}
+            notes += ["fast search"] if mode.get("search") == "fast" else []
+            notes += [f"{mode['attention']} attention"] if "attention" in mode else []
             detail = f" ({', '.join(notes)})" if notes else ""
             line = f"{result.status}: {result.input} -> {result.output}{detail}"
             stderr.print(line, markup=False)
@@ -284,7 +297,8 @@ def models(
         bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")
     ] = False,
 ) -> None:
-    """List the named models for --model: source, whether it is here, description."""
+    """List the named models for --model: family, scale, reference use, whether it is here,
+    description (--json adds source, sha256, license, card, configuration)."""
     with reported_errors():
         listing = registry.describe(registry.load_registry())
     if json_output:
@@ -295,12 +309,14 @@ def models(
 
     names = [row["name"] for row in listing["models"]]
     default = listing["default"] if listing["default"] in names else "none bundled yet"
-    table = Table(title=f"models (default: {default})")
-    for column in ("name", "source", "status"):
+    table = Table(title=f"models (default: {default}; sources and cards: --json)")
+    for column in ("name", "family", "scale", "reference", "status"):
         table.add_column(column, no_wrap=True)
     table.add_column("description")
     for row in listing["models"]:
-        table.add_row(row["name"], row["source"], row["status"], row["description"])
+        reference = "yes" if row["reference"] else "no"
+        cells = (row["family"], f"x{row['scale']}", reference, row["status"])
+        table.add_row(row["name"], *cells, row["description"])
     Console(highlight=False).print(table)
 
 
@@ -309,21 +325,41 @@ def train(
     data: Annotated[
         list[Path],
         typer.Option(
-            help="Training data: a CUFED tree (train/input, train/ref) or folders "
-            "of photos (repeat --data; pairs are synthesised)."
+            help="Training data: folders of photos (repeat --data); for TTSR also a CUFED "
+            "tree (train/input, train/ref). Pairs and patches are made from them."
         ),
     ],
     out: Annotated[
         Path, typer.Option(help="Run folder: log.jsonl, checkpoints/, model.safetensors.")
     ],
-    config: Annotated[str, typer.Option(help="tiny, lite, paper or a .toml file.")] = "paper",
-    preset: Annotated[str, typer.Option(help="rec (L1 only) or gan (the paper's TTSR).")] = "rec",
+    arch: Annotated[
+        str, typer.Option(help="Network family: ttsr (reference-based) or csnln.")
+    ] = "ttsr",
+    config: Annotated[
+        str, typer.Option(help="tiny, lite, paper (the family's) or a .toml file of its fields.")
+    ] = "paper",
+    scale: Annotated[int, typer.Option(help="CSNLN's scale: 2, 3 or 4 (TTSR is x4).")] = 4,
+    preset: Annotated[
+        str, typer.Option(help="TTSR: rec (L1 only) or gan (the paper's TTSR).")
+    ] = "rec",
     steps: Annotated[
         int | None, typer.Option(help="Total steps (with --resume: the new total).")
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Total epochs, instead of --steps.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Samples per step and process.")] = 9,
-    patch_size: Annotated[int, typer.Option(help="HR patch side in pixels (multiple of 4).")] = 160,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Samples per step and process [default: TTSR 9, CSNLN 16].", show_default=False
+        ),
+    ] = None,
+    patch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="HR patch side in pixels, a multiple of the scale [default: TTSR 160, "
+            "CSNLN 48 x scale].",
+            show_default=False,
+        ),
+    ] = None,
     device: DeviceOption = "auto",
     precision: Annotated[str, typer.Option(help="fp32, bf16 (autocast) or fp16 (GPU).")] = "fp32",
     seed: Annotated[int, typer.Option(help="Seed of every random choice.")] = 0,
@@ -337,20 +373,20 @@ def train(
     lte_init: Annotated[
         str,
         typer.Option(
-            help="auto (vgg19 when the LTE has VGG's widths), vgg19, random or "
+            help="TTSR's LTE: auto (vgg19 when the LTE has VGG's widths), vgg19, random or "
             "a VGG19 weights file."
         ),
     ] = "auto",
-    vgg: Annotated[str, typer.Option(help="VGG19 weights: hub or a file.")] = "hub",
-    lr: Annotated[float, typer.Option(help="Main-network learning rate.")] = 1e-4,
-    lr_lte: Annotated[float, typer.Option(help="LTE learning rate.")] = 1e-5,
+    vgg: Annotated[str, typer.Option(help="TTSR: VGG19 weights, hub or a file.")] = "hub",
+    lr: Annotated[float, typer.Option(help="Learning rate (TTSR: its main network's).")] = 1e-4,
+    lr_lte: Annotated[float, typer.Option(help="TTSR's LTE learning rate.")] = 1e-5,
     lr_decay_steps: Annotated[
         int, typer.Option(help="Halve the rates every N steps (0: never).")
     ] = 0,
     match_loss: Annotated[
         float,
         typer.Option(
-            help="Weight of the LTE matching loss (contrastive; 0: off, as the paper). "
+            help="TTSR: weight of the LTE matching loss (contrastive; 0: off, as the paper). "
             "Helps an LTE trained from scratch tell patches apart."
         ),
     ] = 0.0,
@@ -369,7 +405,11 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     debug: DebugOption = False,
 ) -> None:
-    """Train or fine-tune TTSR; run under torchrun for several processes (DDP)."""
+    """Train a TTSR or a CSNLN with its paper's recipe; run under torchrun for several
+    processes (DDP).
+
+    Example: [bold]ttsr train --arch csnln --config lite --scale 4 --data photos/ --out runs/c[/]
+    """
     from ttsr_cli.train import TrainOptions, load_config
     from ttsr_cli.train import train as run_training
 
@@ -377,7 +417,9 @@ def train(
         opts = TrainOptions(
             data=data,
             out=out,
-            config=load_config(config),
+            arch=arch,
+            config=load_config(config, arch),
+            scale=scale,
             preset=preset,
             steps=steps,
             epochs=epochs,
@@ -449,7 +491,8 @@ def evaluate(
         str,
         typer.Option(
             help="ttsr: luminance PSNR/SSIM exactly as the TTSR paper reports them; "
-            "rgb: RGB PSNR/SSIM with a 4-pixel border cropped."
+            "sisr: luminance PSNR/SSIM with a border of scale pixels cut (EDSR, CSNLN); "
+            "rgb: RGB PSNR/SSIM with a border of scale pixels cut."
         ),
     ] = "ttsr",
     limit: Annotated[
@@ -474,11 +517,10 @@ def evaluate(
         Path | None, typer.Option("--csv", help="Also write per-image results to this CSV.")
     ] = None,
     device: DeviceOption = "auto",
-    max_memory: Annotated[
-        str | None,
-        typer.Option(help="Working memory for the reference search, e.g. 512MB or 2GB."),
-    ] = None,
+    precision: PrecisionOption = "fp32",
+    max_memory: MaxMemoryOption = None,
     search: SearchOption = "exact",
+    attention: AttentionOption = "auto",
     debug: DebugOption = False,
 ) -> None:
     """Measure PSNR/SSIM of a model and of bicubic up-sampling on a benchmark dataset.
@@ -486,19 +528,15 @@ def evaluate(
     Example: [bold]ttsr evaluate --dataset set5 --data-dir Set5 --weights TTSR-rec.pt[/]
     """
     with reported_errors(debug):
-        target = select_device(device)
-        budget = parse_size(max_memory) if max_memory else None
-        checkpoint = registry.resolve(model, weights) if (weights or model) else None
+        settings = run.settings(device, precision, max_memory, None, search, attention)
+        runner = run.load_runner(model, weights, settings) if (weights or model) else None
         benchmark = prepare(
             dataset,
             data_dir,
-            checkpoint,
+            runner,
             ref_level=ref_level,
             protocol=protocol,
             limit=limit,
-            device=target,
-            search_budget=budget,
-            search=search,
         )
         report = _run_with_progress(benchmark, save_images, show=not json_output)
         if csv_file is not None:
@@ -529,7 +567,7 @@ def _run_with_progress(benchmark: Benchmark, save_dir: Path | None, show: bool) 
                 error(outcome.message)
             progress.advance(task)
 
-        return run(benchmark, save_dir, on_image)
+        return run_benchmark(benchmark, save_dir, on_image)
 
 
 def _print_table(report: Report) -> None:
@@ -614,8 +652,9 @@ def match_ref(
         inputs = [s.path for s in batch.collect_inputs(images)]
         pool_paths = [s.path for s in batch.collect_inputs([pool], suffix="")]
         target = select_device(device)
-        chosen = weights or model
-        lte = load_model(registry.resolve(model, weights), target).LTE if chosen else None
+        lte = None
+        if weights or model:
+            lte = load_weights(registry.resolve(model, weights), expect="ttsr")[0].LTE
         matcher = matching.Matcher(lte, target)
         failures: list[str] = []
 

@@ -1,9 +1,6 @@
-"""Benchmark datasets: where the images are, which references go with each, and how the
-low-resolution input is made from the ground truth.
+"""Benchmark datasets: where the images are and which references go with each.
 
-The LR input is made exactly as the original TTSR test code makes it (HR cropped top-left
-to a multiple of 4, Pillow bicubic down x4 on 8-bit pixels), because a different resampler
-or crop shifts PSNR by tenths of a dB and makes numbers incomparable with published ones.
+The LR inputs are made from the ground truth by :func:`ttsr_cli.pixels.degrade`.
 """
 
 from __future__ import annotations
@@ -13,12 +10,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-from PIL import Image
+from ttsr_cli.errors import TTSRError
 
-from ttsr_cli.errors import InputError, TTSRError
-
-SCALE = 4
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 CUFED5_LEVELS = 5
 
@@ -223,19 +216,3 @@ def _with_level(sample: Sample, level: int | None) -> Sample:
     if level > len(refs):
         return replace(sample, references=(), problem=f"has {len(refs)} references, no #{level}")
     return replace(sample, references=(refs[level - 1],))
-
-
-def bicubic(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Pillow bicubic resize of an 8-bit image (the original's resampler for LR and Ref)."""
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BICUBIC))
-
-
-def degrade(hr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(hr, lr, bicubic)``: HR cropped top-left to multiples of 4, its x4 bicubic
-    down-sampling, and that LR up-sampled back (the baseline every model must beat)."""
-    h, w = (hr.shape[0] // SCALE) * SCALE, (hr.shape[1] // SCALE) * SCALE
-    if h == 0 or w == 0:
-        raise InputError(f"image is {hr.shape[1]}x{hr.shape[0]}; at least {SCALE}x{SCALE} needed")
-    hr = hr[:h, :w]
-    lr = bicubic(hr, w // SCALE, h // SCALE)
-    return hr, lr, bicubic(lr, w, h)

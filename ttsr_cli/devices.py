@@ -7,6 +7,7 @@ import ctypes.util
 import functools
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -56,11 +57,32 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+@dataclass(frozen=True)
+class TorchrunEnv:
+    """This process's place in a torchrun job (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def torchrun_env() -> TorchrunEnv:
+    """``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` as torchrun sets them (alone: 0, 1, 0)."""
+    return TorchrunEnv(
+        int(os.environ.get("RANK", "0")),
+        int(os.environ.get("WORLD_SIZE", "1")),
+        int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
 def _torchrun_local_rank() -> int:
     """Under torchrun each process takes the GPU of its local rank; alone, the first GPU."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return int(os.environ.get("LOCAL_RANK", "0"))
-    return 0
+    env = torchrun_env()
+    return env.local_rank if env.world > 1 else 0
 
 
 def free_memory_bytes(device: torch.device) -> int:

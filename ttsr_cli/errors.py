@@ -17,3 +17,10 @@ class InputError(TTSRError):
     """One input image could not be processed; in a batch the others go on: exit code 1."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type when it has none): what a
+    one-line report can quote of a library's multi-line error."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

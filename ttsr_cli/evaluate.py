@@ -15,15 +15,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ttsr_cli.atomic import atomic_path
-from ttsr_cli.data import Sample, dataset_info, dataset_root, degrade, list_samples
+from ttsr_cli.data import Sample, dataset_info, dataset_root, list_samples
 from ttsr_cli.errors import InputError, TTSRError
 from ttsr_cli.imageio import read_rgb, write_rgb
 from ttsr_cli.metrics import PROTOCOLS, score
-from ttsr_cli.pipeline import Upscaler
-from ttsr_cli.weights import load_model
+from ttsr_cli.pixels import degrade
+from ttsr_cli.run import Runner
+from ttsr_cli.run.ttsr import TTSRRunner
 
 METRICS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
 
@@ -49,12 +49,14 @@ class Skipped:
 
 @dataclass
 class Benchmark:
-    """What to run: the dataset's samples, the protocol and the model (``None``: baseline)."""
+    """What to run: the dataset's samples, the protocol, the model (``None``: baseline) and
+    the scale the LR inputs are made at (the model's)."""
 
     dataset: str
     protocol: str
     samples: list[Sample]
-    upscaler: Upscaler | None = None
+    upscaler: Runner | None = None
+    scale: int = 4
 
 
 @dataclass
@@ -95,28 +97,25 @@ def _finite(value: float | None) -> float | None:
 def prepare(
     dataset: str,
     data_dir: Path | None = None,
-    weights: Path | None = None,
+    runner: Runner | None = None,
     *,
     ref_level: str = "1",
     protocol: str = "ttsr",
     limit: int | None = None,
-    device: torch.device | None = None,
-    search_budget: int | None = None,
-    search: str = "exact",
 ) -> Benchmark:
-    """Resolve the dataset (downloading it if no folder is given), list its samples and
-    load the model; every configuration problem surfaces here, before any image is run."""
+    """Resolve the dataset (downloading it if no folder is given) and list its samples for
+    ``runner``'s model (any family; None: the bicubic baseline alone); every configuration
+    problem surfaces here, before any image is run.  The LR inputs are made at the model's
+    scale (x4 for the baseline alone)."""
     if protocol not in PROTOCOLS:
         raise TTSRError(f"unknown protocol '{protocol}' (use {' or '.join(PROTOCOLS)})")
     if limit is not None and limit < 1:
         raise TTSRError(f"--limit must be at least 1, got {limit}")
     info = dataset_info(dataset, data_dir)
     samples = list_samples(info, dataset_root(info, data_dir), ref_level)[:limit]
-    upscaler = None
-    if weights is not None:
-        target = device or torch.device("cpu")
-        upscaler = Upscaler(load_model(weights, target), target, search_budget, search=search)
-    return Benchmark(info.name, protocol, samples, upscaler)
+    if runner is None:
+        return Benchmark(info.name, protocol, samples)
+    return Benchmark(info.name, protocol, samples, runner, runner.descriptor.scale)
 
 
 def run(
@@ -142,22 +141,25 @@ def evaluate_sample(sample: Sample, benchmark: Benchmark, save_dir: Path | None)
     """Score the baseline and (if any) the model on one ground-truth image."""
     image = read_rgb(sample.hr)
     with _naming(sample.hr):
-        hr, lr, baseline = degrade(image)
-        base = score(baseline, hr, benchmark.protocol)
+        hr, lr, baseline = degrade(image, benchmark.scale)
+        base = score(baseline, hr, benchmark.protocol, benchmark.scale)
     psnr = ssim = None
     sr = None
     if benchmark.upscaler is not None:
         sr = super_resolve(benchmark.upscaler, sample, lr)
-        model = score(sr, hr, benchmark.protocol)
+        model = score(sr, hr, benchmark.protocol, benchmark.scale)
         psnr, ssim = model.psnr, model.ssim
     if save_dir is not None:
         save_outputs(save_dir, sample, baseline, sr)
     return ImageResult(sample.name, psnr, ssim, base.psnr, base.ssim)
 
 
-def super_resolve(upscaler: Upscaler, sample: Sample, lr: np.ndarray) -> np.ndarray:
-    """The model's x4 output for ``lr``, searching all of the sample's references together
-    (none: the LR is its own reference, the TTSR authors' protocol for Urban100)."""
+def super_resolve(upscaler: Runner, sample: Sample, lr: np.ndarray) -> np.ndarray:
+    """The model's output for ``lr``.  A TTSR searches all of the sample's references
+    together (none: the LR is its own reference, the TTSR authors' protocol for Urban100);
+    a model without a reference search ignores them."""
+    if not isinstance(upscaler, TTSRRunner):
+        return upscaler.upscale(lr)
     if sample.problem:
         raise InputError(f"{sample.hr}: {sample.problem}")
     references = []

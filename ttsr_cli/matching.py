@@ -3,9 +3,9 @@
 The score of a reference for an input is the relevance TTSR's hard and soft attention use:
 the mean, over the input's LR positions, of the best cosine similarity between its 3x3 lv3
 patch and any 3x3 lv3 patch of the reference (the mean of S from
-:func:`ttsr_cli.nn.attention.relevance_search`).  The input is treated as the LR image, so the
-query side is the LR up-sampled x4 and the key side the reference down-up, exactly as the
-network pairs them.
+:func:`ttsr_cli.archs.ttsr.attention.relevance_search`).  The input is treated as the LR
+image, so the query side is the LR up-sampled x4 and the key side the reference down-up,
+exactly as the network pairs them.
 
 Features come from a model's LTE when weights are given.  Without weights a fixed descriptor
 is used (:func:`texture_features`): high-passed colour at lv3 resolution, because no trained
@@ -34,12 +34,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from ttsr_cli.archs.ttsr.attention import relevance_search
+from ttsr_cli.archs.ttsr.lte import LTE
+from ttsr_cli.archs.ttsr.model import SCALE
 from ttsr_cli.atomic import atomic_path
 from ttsr_cli.errors import InputError, TTSRError
 from ttsr_cli.imageio import read_image, to_8bit
-from ttsr_cli.nn.attention import relevance_search
-from ttsr_cli.nn.lte import LTE
-from ttsr_cli.pipeline import SCALE, reference_pair, resize_bicubic, to_tensor
+from ttsr_cli.pixels import reference_pair, resize_bicubic, to_tensor
 
 #: lv3 positions (LR pixels) per image; larger images are shrunk, keeping their aspect.
 MAX_POSITIONS = 40 * 40

@@ -4,8 +4,10 @@ Published RefSR numbers come from the original TTSR code's metric, which differs
 usual "Y channel, shave the border" recipe in small ways that move results by ~0.1 dB:
 PSNR uses luminance *without* border shave (the +16 offset cancels in a difference), and
 SSIM uses a Gaussian-weighted 'valid' window.  ``ttsr`` reproduces that metric exactly so
-that our numbers sit in the same table as the paper's; ``rgb`` is offered for comparison
-with papers that measure colour error instead.
+that our numbers sit in the same table as the paper's.  ``sisr`` is the single-image SR
+papers' recipe (EDSR, CSNLN): luminance PSNR with ``scale`` pixels of border cut, and SSIM
+on the same region.  ``rgb`` is offered for comparison with papers that measure colour error
+instead.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from ttsr_cli.errors import InputError
 
-PROTOCOLS = ("ttsr", "rgb")
+PROTOCOLS = ("ttsr", "sisr", "rgb")
 #: ITU-R BT.601 RGB -> Y weights for 0..255 input, as in the original (MATLAB rgb2ycbcr).
 Y_WEIGHTS = np.array([65.738, 129.057, 25.064]) / 256.0
 Y_OFFSET = 16.0
@@ -26,8 +28,6 @@ WINDOW = 11
 SIGMA = 1.5
 C1 = (0.01 * 255) ** 2
 C2 = (0.03 * 255) ** 2
-#: Pixels the ``rgb`` protocol drops at every edge: the scale factor, as in most SR papers.
-RGB_BORDER = 4
 
 
 @dataclass(frozen=True)
@@ -38,18 +38,20 @@ class Score:
     ssim: float
 
 
-def score(sr: np.ndarray, hr: np.ndarray, protocol: str = "ttsr") -> Score:
-    """Compare two ``[H, W, 3]`` images with values in 0..255 under ``protocol``."""
+def score(sr: np.ndarray, hr: np.ndarray, protocol: str = "ttsr", scale: int = 4) -> Score:
+    """Compare two ``[H, W, 3]`` images with values in 0..255 under ``protocol``; ``sisr``
+    and ``rgb`` cut a border of ``scale`` pixels (the upscaling factor) at every edge."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r} (use {' or '.join(PROTOCOLS)})")
+        raise ValueError(f"unknown protocol {protocol!r} (use {', '.join(PROTOCOLS)})")
     a, b = quantize_pair(sr, hr)
-    if protocol == "ttsr":
-        _require_window(a)
-        return Score(psnr_y(a, b), ssim(luminance(a), luminance(b)))
-    inner = (slice(RGB_BORDER, -RGB_BORDER), slice(RGB_BORDER, -RGB_BORDER))
-    a, b = a[inner], b[inner]
+    if protocol != "ttsr":
+        inner = (slice(scale, -scale), slice(scale, -scale))
+        a, b = a[inner], b[inner]
     _require_window(a)
-    return Score(psnr_rgb(a, b), float(np.mean([ssim(a[..., c], b[..., c]) for c in range(3)])))
+    if protocol == "rgb":
+        channels = [ssim(a[..., c], b[..., c]) for c in range(3)]
+        return Score(psnr_rgb(a, b), float(np.mean(channels)))
+    return Score(psnr_y(a, b), ssim(luminance(a), luminance(b)))
 
 
 def _require_window(image: np.ndarray) -> None:

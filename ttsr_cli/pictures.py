@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-SCALE = 4
+from ttsr_cli.imageio import to_8bit
+
 #: Anchors of a perceptually ordered dark-to-bright map (black, purple, red, orange, yellow):
 #: low relevance recedes, high relevance stands out, and it stays readable in greyscale.
 _HEAT_ANCHORS = np.array(
@@ -102,11 +103,6 @@ def most_used_region(
         if windows[top, left] > best[0]:
             best = (int(windows[top, left]), number, int(top), int(left), wh, ww)
     return best[1:]
-
-
-def to_8bit(rgb: np.ndarray) -> np.ndarray:
-    """Pictures are for looking at: 16-bit pixels are shown at 8 bits."""
-    return (rgb >> 8).astype(np.uint8) if rgb.dtype == np.uint16 else rgb
 
 
 def compare_sheet(panels: Sequence[tuple[str, np.ndarray]]) -> np.ndarray:

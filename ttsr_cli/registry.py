@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ttsr_cli.errors import TTSRError
+from ttsr_cli.errors import TTSRError, first_line
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -54,12 +54,18 @@ class HubFile:
 
 @dataclass(frozen=True)
 class Model:
-    """One registry entry: exactly one of ``file`` (bundled) and ``hub`` is set."""
+    """One registry entry: exactly one of ``file`` (bundled) and ``hub`` is set.  ``family``
+    (a package of :mod:`ttsr_cli.archs`), ``scale`` and ``reference`` (whether it searches a
+    reference image) are stated here so that ``ttsr models`` can list them without loading
+    anything; loading checks them against the weights."""
 
     name: str
     description: str
     license: str
     card: str
+    family: str
+    scale: int
+    reference: bool
     sha256: str = ""
     file: str | None = None
     hub: HubFile | None = None
@@ -107,7 +113,9 @@ def load_registry(path: Path | None = None) -> Registry:
     for name, table in data.get("models", {}).items():
         try:
             models[name] = _parse_model(name, table)
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        except KeyError as exc:
+            raise TTSRError(f"{path}: model '{name}': missing field {exc.args[0]!r}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
             raise TTSRError(f"{path}: model '{name}': {exc}") from None
     default = data.get("default", "")
     if default in models and models[default].file is None:
@@ -122,11 +130,18 @@ def _parse_model(name: str, table: dict[str, Any]) -> Model:
     sha256 = table.get("sha256", "").lower()
     if sha256 and (len(sha256) != 64 or set(sha256) - set("0123456789abcdef")):
         raise ValueError("sha256 must be 64 hex digits or empty")
+    description, license_, card = table["description"], table["license"], table["card"]
+    family, scale, reference = str(table["family"]), table["scale"], table["reference"]
+    if not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
     return Model(
         name=name,
-        description=table["description"],
-        license=table["license"],
-        card=table["card"],
+        description=description,
+        license=license_,
+        card=card,
+        family=family,
+        scale=scale,
+        reference=bool(reference),
         sha256=sha256,
         file=table.get("file"),
         hub=hub,
@@ -147,6 +162,24 @@ def resolve(model: str | None = None, weights: str | Path | None = None) -> Path
     if model:
         return fetch(registry, registry.get(model))
     return _default(registry)
+
+
+def entry(model: str | None = None, weights: str | Path | None = None) -> Model | None:
+    """The registry entry :func:`resolve` uses for these options (None for ``--weights``)."""
+    if weights is not None:
+        return None
+    registry = load_registry()
+    return registry.get(model) if model else registry.models.get(registry.default)
+
+
+def check_loaded(entry: Model, family: str, scale: int) -> None:
+    """A named model's weights must be the network its entry states: a file of another
+    family or scale is refused (one line), never run as if it were the named model."""
+    if (family, scale) != (entry.family, entry.scale):
+        raise TTSRError(
+            f"model '{entry.name}': its weights are a x{scale} {family} network, but the "
+            f"registry states a x{entry.scale} {entry.family} one"
+        )
 
 
 def _default(registry: Registry) -> Path:
@@ -212,7 +245,7 @@ def _download(hub: HubFile) -> Path:
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
         raise TTSRError(f"{url}: not found on the Hugging Face Hub") from None
     except Exception as exc:  # HTTP errors, whose library (requests, httpx) varies by version
-        raise TTSRError(f"{url}: download failed ({_first_line(exc)})") from None
+        raise TTSRError(f"{url}: download failed ({first_line(exc)})") from None
 
 
 def _check_sha256(entry: Model, path: Path, downloaded: bool) -> None:
@@ -276,13 +309,11 @@ def describe(registry: Registry) -> dict[str, Any]:
                 "sha256": entry.sha256 or None,
                 "license": entry.license,
                 "card": str(registry.root / entry.card),
+                "family": entry.family,
+                "scale": entry.scale,
+                "reference": entry.reference,
                 "config": entry.config,
                 "published": entry.published,
             }
         )
     return {"default": registry.default, "models": rows}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

@@ -15,10 +15,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ttsr_cli.atomic import atomic_path
-from ttsr_cli.data import degrade
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.evaluate import Benchmark, ImageResult, Report, super_resolve
 from ttsr_cli.imageio import read_rgb, write_rgb
+from ttsr_cli.pixels import degrade
 
 CROP = 96  # ground-truth pixels on a side; shown at 2x
 BAR_HEIGHT, BAR_GAP, LABEL_WIDTH, CHART_WIDTH = 14, 4, 160, 420
@@ -70,7 +70,7 @@ def bar_chart(report: Report) -> np.ndarray:
 
 def comparison(benchmark: Benchmark, sample) -> np.ndarray:
     """bicubic | model | ground truth, cropped where the ground truth has most texture."""
-    hr, lr, baseline = degrade(read_rgb(sample.hr))
+    hr, lr, baseline = degrade(read_rgb(sample.hr), benchmark.scale)
     panels = [baseline]
     if benchmark.upscaler is not None:
         panels.append(super_resolve(benchmark.upscaler, sample, lr))

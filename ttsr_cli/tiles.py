@@ -24,7 +24,8 @@ from itertools import pairwise
 
 import numpy as np
 
-SCALE = 4
+from ttsr_cli.archs.ttsr.model import SCALE
+
 #: Default margin, in LR pixels, that a tile reads beyond its core on each side.
 DEFAULT_OVERLAP = 32
 #: Smallest tile core worth running: below this the margins cost more than the core.

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
+from ttsr_cli.archs.ttsr.lte import LTE
+from ttsr_cli.archs.vgg import RELU5_1, VGG19Relu5
 from ttsr_cli.errors import TTSRError
-from ttsr_cli.nn.lte import LTE
-from ttsr_cli.nn.vgg import RELU5_1, VGG19Relu5
 from ttsr_cli.weights import read_checkpoint
 
 DEFAULT_REPO = os.environ.get("TTSR_VGG19_REPO", "timm/vgg19.tv_in1k")

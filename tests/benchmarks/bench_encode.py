@@ -7,7 +7,7 @@ fresh process so that its peak RSS is its own:
     python tests/benchmarks/bench_encode.py --case whole      # as before: needs 11 GB
     python tests/benchmarks/bench_encode.py --case small-lr   # then a 40x30 LR: minutes
 
-``banded`` is ``Upscaler.encode_reference`` under a 6 GiB memory budget: the LTE runs in
+``banded`` is ``TTSRRunner.encode_reference`` under a 6 GiB memory budget: the LTE runs in
 bands within the budget's working share and the values are stored in fp16.  ``whole`` is
 the model's plain ``encode_reference`` (whole image at once, fp32 values), as the pipeline
 did before.  ``small-lr`` adds what searching and transferring from this reference hold
@@ -34,7 +34,7 @@ def encode(upscaler, ref, case: str):
     """The pipeline's encoding, or for ``whole`` the model's unbounded fp32 one."""
     import torch
 
-    from ttsr_cli.pipeline import reference_pair, to_tensor
+    from ttsr_cli.pixels import reference_pair, to_tensor
 
     if case != "whole":
         return upscaler.encode_reference(ref)
@@ -45,7 +45,7 @@ def encode(upscaler, ref, case: str):
 
 
 def child(case: str) -> None:
-    from ttsr_cli.pipeline import _feature_bytes
+    from ttsr_cli.run.ttsr import _feature_bytes
 
     lr, ref = random_images(SMALL_LR, REF_SIZE)
     upscaler = paper_upscaler(memory_budget=BUDGET)

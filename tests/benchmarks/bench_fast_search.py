@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ttsr_cli.nn import fast_search
-from ttsr_cli.nn.attention import relevance_search
-from ttsr_cli.nn.lte import LTE
-from ttsr_cli.pipeline import resize_bicubic
+from ttsr_cli.archs.ttsr import fast_search
+from ttsr_cli.archs.ttsr.attention import relevance_search
+from ttsr_cli.archs.ttsr.lte import LTE
+from ttsr_cli.pixels import resize_bicubic
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "Urban100"
 BUDGET = 1 << 30

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from ttsr_cli.matching import CANDIDATES, Matcher
-from ttsr_cli.weights import load_model
+from ttsr_cli.weights import load as load_weights
 
 CROP = 256
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "Urban100"
@@ -95,7 +95,7 @@ def matchers(weights: Path | None) -> list[tuple[str, Matcher]]:
     ]
     rows += [("raw pixels", Matcher(candidates=m, descriptor=raw_pixels)) for m in (3, 40)]
     if weights:
-        rows.append((f"LTE of {weights.name}", Matcher(load_model(weights).LTE)))
+        rows.append((f"LTE of {weights.name}", Matcher(load_weights(weights)[0].LTE)))
     return rows
 
 

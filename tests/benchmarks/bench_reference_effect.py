@@ -30,12 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_match_ref import CROP, DEFAULT_DATA, retrieval_pairs
 
 from ttsr_cli import registry
+from ttsr_cli.archs.ttsr.model import SCALE
 from ttsr_cli.metrics import score
-from ttsr_cli.pipeline import SCALE, Upscaler, resize_bicubic
-from ttsr_cli.weights import load_model
+from ttsr_cli.pixels import resize_bicubic
+from ttsr_cli.run.ttsr import TTSRRunner
+from ttsr_cli.weights import load as load_weights
 
 
-def measure(upscaler: Upscaler, hr: np.ndarray, refs: dict[str, np.ndarray | None]) -> dict:
+def measure(upscaler: TTSRRunner, hr: np.ndarray, refs: dict[str, np.ndarray | None]) -> dict:
     """PSNR of bicubic and of the model with each named reference (None: self-reference),
     and the mean soft attention of each run."""
     lr = resize_bicubic(hr, CROP // SCALE, CROP // SCALE)
@@ -79,7 +81,7 @@ def main() -> None:
     if not args.data.is_dir():
         sys.exit(f"{args.data}: Urban100 folder not found (give --data)")
     weights = registry.resolve(args.model, args.weights)
-    upscaler = Upscaler(load_model(weights), torch.device("cpu"), search=args.search)
+    upscaler = TTSRRunner(load_weights(weights)[0], torch.device("cpu"), search=args.search)
     pairs = retrieval_pairs(args.data, limit=args.pairs)
     if len(pairs) < 2:
         sys.exit("need at least two pairs")

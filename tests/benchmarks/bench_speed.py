@@ -4,9 +4,9 @@ For the paper configuration and for the bundled model (or, until one ships, the 
 configuration), both with random weights where untrained (speed does not depend on them):
 
 * each case runs in a fresh process per search, so its peak RSS is its own;
-* the model's parts are called one by one, as ``Upscaler`` and ``TTSR.upscale`` call them
+* the model's parts are called one by one, as ``TTSRRunner`` and ``TTSR.upscale`` call them
   (tiles included), so LTE, relevance search, texture transfer and the main network are
-  timed apart; the same images then go through ``Upscaler`` end to end, to compare sums;
+  timed apart; the same images then go through ``TTSRRunner`` end to end, to compare sums;
 * each stage's GFLOP (matrix products and convolutions, counted by ``FlopCounterMode`` on
   shape-only meta tensors, or on the real ones for the fast search, which reads index
   values) gives its achieved GFLOP/s and share of the measured fp32 matmul peak;
@@ -50,10 +50,10 @@ from harness import (
 if TYPE_CHECKING:
     import torch
 
-    from ttsr_cli.nn import TTSR
-    from ttsr_cli.nn.attention import Correspondence
-    from ttsr_cli.nn.ttsr import Coarse, ReferenceFeatures
-    from ttsr_cli.pipeline import Upscaler
+    from ttsr_cli.archs.ttsr import TTSR
+    from ttsr_cli.archs.ttsr.attention import Correspondence
+    from ttsr_cli.archs.ttsr.model import Coarse, ReferenceFeatures
+    from ttsr_cli.run.ttsr import TTSRRunner
     from ttsr_cli.tiles import TilePlan
 
 Size = tuple[int, int]  # (width, height)
@@ -124,13 +124,13 @@ def case_images(case: Case, batch: int) -> tuple[list[np.ndarray], np.ndarray]:
 
 def warm_up(model: TTSR) -> None:
     """One tiny upscale, so one-time costs (thread pools, kernel choice) are not timed."""
-    from ttsr_cli.pipeline import Upscaler
+    from ttsr_cli.run.ttsr import TTSRRunner
 
-    Upscaler(model, cpu()).upscale(random_images((4, 4), (4, 4))[0])
+    TTSRRunner(model, cpu()).upscale(random_images((4, 4), (4, 4))[0])
 
 
 def run_upscaler(
-    upscaler: Upscaler, lrs: list[np.ndarray], ref: np.ndarray
+    upscaler: TTSRRunner, lrs: list[np.ndarray], ref: np.ndarray
 ) -> tuple[float, np.ndarray, int, TilePlan | None]:
     """End to end as ``ttsr upscale`` runs a batch: (seconds per image, last output, tiles
     used, the tiles the staged run should use)."""
@@ -172,7 +172,7 @@ def exact_search_gflop(query: Size, key: Size, channels: int, budget: int) -> fl
     2C x (sum of padded query blocks) x (sum of padded key blocks).  The one-pixel halos make
     it exceed the ideal 2C x Nq x Nk, by a lot when blocks are only a few rows tall.
     """
-    from ttsr_cli.nn.attention import _tiles, plan_chunks
+    from ttsr_cli.archs.ttsr.attention import _tiles, plan_chunks
 
     (h, w), (kh, kw) = query, key
     plan = plan_chunks((h + 2) * (w + 2), (kh + 2) * (kw + 2), budget, 4)
@@ -195,11 +195,11 @@ class Counting:
 
 
 class StagedRun:
-    """``Upscaler.upscale`` and ``TTSR.upscale`` with each step called on its own: timed, then
+    """``TTSRRunner.upscale`` and ``TTSR.upscale`` with each step called on its own: timed, then
     counted once more untimed (on the model's meta twin where shapes alone fix the FLOPs)."""
 
     def __init__(self, model: TTSR, search: str, budget: int, counting: Counting) -> None:
-        from ttsr_cli.nn.ttsr import SEARCHES
+        from ttsr_cli.archs.ttsr.model import SEARCHES
 
         self.model = model
         self.twin = counting.twin
@@ -225,9 +225,9 @@ class StagedRun:
         return self.meter.time("other", fn, *args)
 
     def encode_reference(self, ref: np.ndarray) -> ReferenceFeatures:
-        """``Upscaler.encode_reference``: values (LTE lv1-3 of Ref), key (lv3 of Ref down-up)."""
-        from ttsr_cli.nn.ttsr import ReferenceFeatures
-        from ttsr_cli.pipeline import reference_pair, to_tensor
+        """``TTSRRunner.encode_reference``: values (LTE lv1-3 of Ref), key (lv3 of Ref down-up)."""
+        from ttsr_cli.archs.ttsr.model import ReferenceFeatures
+        from ttsr_cli.pixels import reference_pair, to_tensor
 
         ref_img, refsr_img = self._other(reference_pair, ref)
         ref_t = self._other(to_tensor, ref_img, cpu())
@@ -239,10 +239,10 @@ class StagedRun:
     def upscale(
         self, lr: np.ndarray, references: Sequence[ReferenceFeatures], plan: TilePlan | None
     ) -> np.ndarray | None:
-        """One LR image, whole or in the Upscaler's tiles (both passes); the output when
+        """One LR image, whole or in the TTSRRunner's tiles (both passes); the output when
         untiled."""
-        from ttsr_cli.nn.ttsr import Coarse
-        from ttsr_cli.pipeline import SCALE, resize_bicubic, to_image
+        from ttsr_cli.archs.ttsr.model import SCALE, Coarse
+        from ttsr_cli.pixels import resize_bicubic, to_image
         from ttsr_cli.tiles import core_slices
 
         def hr(lr_span: slice) -> slice:
@@ -269,7 +269,7 @@ class StagedRun:
         return None
 
     def _tensors(self, array: np.ndarray) -> torch.Tensor:
-        from ttsr_cli.pipeline import to_tensor
+        from ttsr_cli.pixels import to_tensor
 
         return self._other(to_tensor, array, cpu())
 
@@ -283,7 +283,7 @@ class StagedRun:
         """LTE of the query, search, lv3/lv2 transfer, stages 1 and 2: the start of
         ``TTSR.upscale`` (``bands`` None) or ``TTSR.upscale_coarse`` on a tile (its LTE in
         bands within ``bands`` bytes)."""
-        from ttsr_cli.nn.ttsr import Coarse
+        from ttsr_cli.archs.ttsr.model import Coarse
 
         query = self._net("lte_query", lambda m, x: m.LTE.encode_lv3((x + 1) / 2, bands), lrsr)
         match = self._search(query, [r.key for r in references])
@@ -309,7 +309,7 @@ class StagedRun:
         size: tuple[int, int],
     ) -> torch.Tensor:
         """One level's texture transfer, timed (gathers and sums only: no FLOPs to count)."""
-        from ttsr_cli.nn.attention import transfer
+        from ttsr_cli.archs.ttsr.attention import transfer
 
         values = [r.values[level] for r in references]
         return self.meter.time("transfer", transfer, values, index, size, (4, 2, 1)[level])
@@ -348,16 +348,16 @@ def measure(
     counting: Counting,
     settings: Settings,
 ) -> dict:
-    """One search on one case: Upscaler end to end (and its peak RSS), then staged."""
+    """One search on one case: TTSRRunner end to end (and its peak RSS), then staged."""
     import contextlib
 
     import torch
 
     from ttsr_cli.devices import default_search_budget
-    from ttsr_cli.pipeline import Upscaler
+    from ttsr_cli.run.ttsr import TTSRRunner
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[settings.precision]
-    upscaler = Upscaler(
+    upscaler = TTSRRunner(
         model, cpu(), search=search, precision=dtype, memory_budget=settings.memory_budget
     )
     upscaler_s, sr, tiles, plan = run_upscaler(upscaler, lrs, ref)
@@ -381,7 +381,7 @@ def measure(
         "exact_search_gflop": staged.exact_gflop / n,
         "ideal_exact_search_gflop": staged.ideal_exact_gflop / n,
         "search_budget_mib": staged.budget / 2**20,
-        # Same model, inputs and ops: any difference means the staged run is not the Upscaler's.
+        # Same model, inputs and ops: any difference means the staged run is not the TTSRRunner's.
         "max_abs_diff": diff,
     }
 
@@ -475,7 +475,7 @@ def fmt_size(size: Size, scale: int = 1) -> str:
 def time_table(model: dict, cases: dict[str, Case]) -> list[str]:
     lines = [
         "| case | LR -> SR | Ref | search | LTE | search | transfer | main net | other | "
-        "stage sum | Upscaler | tiles | peak RSS |",
+        "stage sum | TTSRRunner | tiles | peak RSS |",
         "|---|---|---|---|" + "---:|" * 9,
     ]
     for name, record in model["cases"].items():
@@ -519,7 +519,7 @@ def compute_table(model: dict, cases: dict[str, Case], peak: float) -> list[str]
 
 
 def time_ratio(model: dict) -> dict | None:
-    """1 MP -> 12 MP output, fast search, Upscaler end to end: the time ratio for 12x pixels."""
+    """1 MP -> 12 MP output, fast search, TTSRRunner end to end: the time ratio for 12x pixels."""
     small = model["cases"].get("1mp", {}).get("runs", {}).get("fast")
     large = model["cases"].get("12mp", {}).get("runs", {}).get("fast")
     if not small or not large:
@@ -531,7 +531,7 @@ def time_ratio(model: dict) -> dict | None:
 def ratio_line(ratio: dict) -> str:
     verdict = "meets" if ratio["ratio"] <= RATIO_TARGET else "misses"
     return (
-        f"1 MP -> 12 MP output (fast search, Upscaler end to end): {fmt_s(ratio['1mp_s'])} s "
+        f"1 MP -> 12 MP output (fast search, TTSRRunner end to end): {fmt_s(ratio['1mp_s'])} s "
         f"-> {fmt_s(ratio['12mp_s'])} s, **{ratio['ratio']:.1f}x** for 12x the pixels "
         f"({verdict} the target of <= {RATIO_TARGET:.0f}x)."
     )
@@ -559,8 +559,8 @@ def print_model(model: dict, cases: dict[str, Case], peak: float, args: argparse
     print(
         f"Wall seconds per image{shared}. Stages as `TTSR.upscale` runs them (LTE: query "
         "lv3, reference lv1-3 and key lv3 passes; other: bicubic resizing and array/tensor "
-        "conversion; tile blending not included); Upscaler: the same images end to end. "
-        f"Peak RSS: by the end of the Upscaler run, {process}.\n"
+        "conversion; tile blending not included); TTSRRunner: the same images end to end. "
+        f"Peak RSS: by the end of the TTSRRunner run, {process}.\n"
     )
     print("\n".join(time_table(model, cases)) + "\n")
     for name, p in model["projections"].items():
@@ -579,7 +579,7 @@ def print_model(model: dict, cases: dict[str, Case], peak: float, args: argparse
         for search, run in record["runs"].items():
             if run["max_abs_diff"]:
                 print(
-                    f"Note: {name}/{search}: staged output differs from the Upscaler's by up "
+                    f"Note: {name}/{search}: staged output differs from the TTSRRunner's by up "
                     f"to {run['max_abs_diff']} levels.\n"
                 )
 
@@ -643,27 +643,27 @@ def quality_sets(quick: bool) -> dict[str, list[tuple[np.ndarray, np.ndarray | N
 
 def quality(weights: Path, quick: bool) -> dict:
     """Mean PSNR of exact and fast search on each quality set, with the model ``weights``."""
-    from ttsr_cli.pipeline import Upscaler
-    from ttsr_cli.weights import load_model as load_weights
+    from ttsr_cli.run.ttsr import TTSRRunner
+    from ttsr_cli.weights import load as load_weights
 
-    model = load_weights(weights)
-    upscalers = {s: Upscaler(model, cpu(), search=s) for s in ("exact", "fast")}
+    model = load_weights(weights)[0]
+    upscalers = {s: TTSRRunner(model, cpu(), search=s) for s in ("exact", "fast")}
     sets = {name: score_set(upscalers, pairs) for name, pairs in quality_sets(quick).items()}
     return {"weights": str(weights), "sets": sets}
 
 
 def score_set(
-    upscalers: dict[str, Upscaler], pairs: list[tuple[np.ndarray, np.ndarray | None]]
+    upscalers: dict[str, TTSRRunner], pairs: list[tuple[np.ndarray, np.ndarray | None]]
 ) -> dict:
     """Mean PSNR as ``ttsr evaluate`` measures it (x4 bicubic LR, TTSR protocol), for each
     search and for bicubic (checks the set-up), and the share of matches fast moved."""
-    from ttsr_cli.data import degrade
     from ttsr_cli.metrics import score
+    from ttsr_cli.pixels import degrade
 
     psnr: dict[str, list[float]] = {"bicubic": [], "exact": [], "fast": []}
     moved = total = 0
     for image, ref in pairs:
-        hr, lr, bicubic = degrade(image)
+        hr, lr, bicubic = degrade(image, 4)
         psnr["bicubic"].append(score(bicubic, hr, "ttsr").psnr)
         sources = {}
         for search, upscaler in upscalers.items():

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ttsr_cli.pairs import PairDataset
-from ttsr_cli.train import CONFIGS, Distributed, Trainer, TrainOptions
+from ttsr_cli.devices import TorchrunEnv
+from ttsr_cli.train import Trainer, TrainOptions, load_config, recipe_for
+from ttsr_cli.train.pairs import PairDataset
+from ttsr_cli.train.ttsr import CONFIGS
 
 VARIANTS = {
     "plain fp32": {"channels_last": False, "precision": "fp32"},
@@ -43,14 +45,14 @@ def measure(config: str, batch: int, patch: int, steps: int, variant: dict) -> f
         opts = TrainOptions(
             data=Path(tmp),
             out=Path(tmp) / "run",
-            config=CONFIGS[config],
+            config=load_config(config),
             batch_size=batch,
             patch_size=patch,
             device="cpu",
             lte_init="random",
             **variant,
         )
-        trainer = Trainer(opts, Distributed(), torch.device("cpu"), data)
+        trainer = Trainer(opts, recipe_for(opts), TorchrunEnv(), torch.device("cpu"), data)
         samples = [data[k] for k in range(batch)]
         batch_tensors = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
         trainer.train_step(batch_tensors)  # warm-up: allocator, oneDNN primitive creation

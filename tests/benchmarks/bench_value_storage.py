@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ttsr_cli.archs.ttsr.model import ReferenceFeatures
 from ttsr_cli.metrics import psnr_rgb
-from ttsr_cli.nn.ttsr import ReferenceFeatures
-from ttsr_cli.pipeline import Upscaler, resize_bicubic, to_image, to_tensor
-from ttsr_cli.weights import load_model
+from ttsr_cli.pixels import resize_bicubic, to_image, to_tensor
+from ttsr_cli.run.ttsr import TTSRRunner
+from ttsr_cli.weights import load as load_weights
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"  # ../shared, as the tests use
 OFFICIAL = SHARED / "fixtures" / "ttsr-official"
@@ -60,9 +61,9 @@ def psnr_float(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def main() -> None:
-    model = load_model(OFFICIAL / "state_dict.pt")
-    exact = Upscaler(model, CPU)
-    compact = Upscaler(model, CPU, memory_budget=1)  # every reference is large: fp16 values
+    model = load_weights(OFFICIAL / "state_dict.pt")[0]
+    exact = TTSRRunner(model, CPU)
+    compact = TTSRRunner(model, CPU, memory_budget=1)  # every reference is large: fp16 values
     print("| pair | LR | float PSNR dB | 8-bit PSNR dB | max 8-bit diff | max abs lv1/lv2/lv3 |")
     print("|---|---|---|---|---|---|")
     for name, hr, ref in pairs():

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 if TYPE_CHECKING:
-    from ttsr_cli.nn import TTSR
+    from ttsr_cli.archs.ttsr import TTSR
 
 T = TypeVar("T")
 
@@ -36,19 +36,19 @@ def paper_model() -> TTSR:
     """The paper configuration with seeded random weights: what speed depends on, not quality."""
     import torch
 
-    from ttsr_cli.nn import TTSR
+    from ttsr_cli.archs.ttsr import TTSR
 
     torch.manual_seed(0)
     return TTSR()
 
 
 def paper_upscaler(**options):
-    """An ``Upscaler`` for the paper configuration with seeded random weights, on the CPU."""
+    """An ``TTSRRunner`` for the paper configuration with seeded random weights, on the CPU."""
     import torch
 
-    from ttsr_cli.pipeline import Upscaler
+    from ttsr_cli.run.ttsr import TTSRRunner
 
-    return Upscaler(paper_model(), torch.device("cpu"), **options)
+    return TTSRRunner(paper_model(), torch.device("cpu"), **options)
 
 
 def peak_rss_mib() -> float:
@@ -87,16 +87,16 @@ def bundled_model() -> tuple[str, TTSR]:
     """
     import torch
 
-    from ttsr_cli.nn import TTSR
+    from ttsr_cli.archs.ttsr import TTSR
     from ttsr_cli.registry import load_registry
-    from ttsr_cli.train import CONFIGS
-    from ttsr_cli.weights import load_model
+    from ttsr_cli.train.ttsr import CONFIGS
+    from ttsr_cli.weights import load as load_weights
 
     path = bundled_weights()
     if path is None:
         torch.manual_seed(0)
         return "lite configuration (no bundled model yet), random weights", TTSR(CONFIGS["lite"])
-    return f"bundled model `{load_registry().default}`", load_model(path)
+    return f"bundled model `{load_registry().default}`", load_weights(path)[0]
 
 
 def count_gflop(fn: Callable[..., T], *args: Any) -> tuple[T, float]:

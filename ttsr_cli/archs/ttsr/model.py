@@ -14,11 +14,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ttsr_cli.devices import default_search_budget
-from ttsr_cli.nn.attention import Correspondence, relevance_search, transfer
-from ttsr_cli.nn.fast_search import fast_relevance_search
-from ttsr_cli.nn.lte import LTE
-from ttsr_cli.nn.mainnet import MainNet
+from ttsr_cli.archs.ttsr.attention import (
+    MAX_BLOCK_BYTES,
+    Correspondence,
+    relevance_search,
+    transfer,
+)
+from ttsr_cli.archs.ttsr.fast_search import KeyIndex, fast_relevance_search
+from ttsr_cli.archs.ttsr.lte import LTE
+from ttsr_cli.archs.ttsr.mainnet import MainNet
+
+#: TTSR super-resolves x4: its LTE levels and main-network stages are 1x, 2x and 4x.
+SCALE = 4
 
 
 @dataclass(frozen=True)
@@ -175,16 +182,18 @@ class TTSR(nn.Module):
         search_budget: int | None = None,
         search: str = "exact",
         query: torch.Tensor | None = None,
+        index: KeyIndex | None = None,
     ) -> TTSROutput:
         """Super-resolve ``lr`` with textures from one or more encoded references.
 
         With several references every LR patch takes its best match across all of them.
-        ``search_budget`` bounds the relevance search's working memory in bytes (default: a
-        share of the device's free memory); it never changes the result.  ``search`` names
-        one of :data:`SEARCHES`.  ``query``: the LTE lv3 of ``lrsr`` when it is already at
-        hand (an image that is its own reference has it among its reference's values).
+        ``search_budget`` bounds the relevance search's working memory in bytes (default:
+        blocks of at most ``MAX_BLOCK_BYTES``); it never changes the result.  ``search``
+        names one of :data:`SEARCHES`.  ``query``: the LTE lv3 of ``lrsr`` when it is already
+        at hand (an image that is its own reference has it among its reference's values).
+        ``index``: the references' :class:`KeyIndex` for the fast search, kept by the caller.
         """
-        match = self.attend(lrsr, references, search_budget, search, query)
+        match = self.attend(lrsr, references, search_budget, search, query, index)
         coarse, t_lv3, t_lv2 = self._stages_1x_2x(lr, references, match)
         sr, t_lv1 = self._stage_4x(coarse, lrsr, references)
         return TTSROutput(sr, match.score, t_lv3, t_lv2, t_lv1, match.index)
@@ -196,15 +205,19 @@ class TTSR(nn.Module):
         search_budget: int | None = None,
         search: str = "exact",
         query: torch.Tensor | None = None,
+        index: KeyIndex | None = None,
     ) -> Correspondence:
         """Relevance search: hard attention (index) and soft attention (score) per LR
         position, for the query ``query`` (default: the LTE lv3 of ``lrsr``)."""
         if not references:
             raise ValueError("at least one reference is needed")
-        budget = search_budget or default_search_budget(lrsr.device)
+        budget = search_budget or MAX_BLOCK_BYTES
         if query is None:
             query = self.LTE.lv3((lrsr + 1) / 2)
-        return SEARCHES[search](query, [r.key for r in references], budget)
+        keys = [r.key for r in references]
+        if search == "fast":
+            return fast_relevance_search(query, keys, budget, index)
+        return SEARCHES[search](query, keys, budget)
 
     def upscale_coarse(
         self,
@@ -213,14 +226,14 @@ class TTSR(nn.Module):
         references: Sequence[ReferenceFeatures],
         search_budget: int | None = None,
         search: str = "exact",
+        index: KeyIndex | None = None,
     ) -> Coarse:
         """The first half of :meth:`upscale`: attention, lv3/lv2 textures, stages 1 and 2.
         ``search_budget`` also bounds the LTE pass over ``lrsr``, which runs in bands within
         it: at 4x resolution, with 64 channels for VGG's widths, it would otherwise hold more
         than the stages that follow."""
-        budget = search_budget or default_search_budget(lrsr.device)
-        query = self.LTE.encode_lv3((lrsr + 1) / 2, budget)
-        match = self.attend(lrsr, references, budget, search, query)
+        query = self.LTE.encode_lv3((lrsr + 1) / 2, search_budget)
+        match = self.attend(lrsr, references, search_budget, search, query, index)
         return self._stages_1x_2x(lr, references, match)[0]
 
     def upscale_fine(

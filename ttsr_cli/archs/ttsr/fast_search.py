@@ -1,6 +1,6 @@
 """Fast approximate relevance search (``--search fast``): coarse-to-fine candidate matching.
 
-The exact search (:func:`ttsr_cli.nn.attention.relevance_search`) scores every LR patch
+The exact search (:func:`ttsr_cli.archs.ttsr.attention.relevance_search`) scores every LR patch
 against every reference patch, so its cost grows with the product of the two sizes: a
 12-megapixel output against a 12-megapixel reference is ~10^12 patch pairs.  Like MASA-SR's
 coarse-to-fine matching, this search
@@ -27,13 +27,12 @@ the patch it picks scores almost as high, so the transferred texture is nearly t
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ttsr_cli.nn.attention import (
+from ttsr_cli.archs.ttsr.attention import (
     MAX_BLOCK_BYTES,
     Correspondence,
     _patch_norms,
@@ -60,20 +59,25 @@ def choose_search(query_positions: int, key_positions: int, channels: int) -> st
 
 
 def fast_relevance_search(
-    query: torch.Tensor, keys: Sequence[torch.Tensor], budget_bytes: int
+    query: torch.Tensor,
+    keys: Sequence[torch.Tensor],
+    budget_bytes: int,
+    index: KeyIndex | None = None,
 ) -> Correspondence:
-    """Approximate hard and soft attention; same inputs and outputs as the exact search."""
+    """Approximate hard and soft attention; same inputs and outputs as the exact search.
+    ``index``: the keys' :class:`KeyIndex`, kept by the caller for reuse."""
     n, _, h, w = query.shape
     if sum(k.shape[-2] * k.shape[-1] for k in keys) <= EXACT_KEYS:
         return relevance_search(query, keys, budget_bytes)
-    index = torch.empty(n, h * w, dtype=torch.long, device=query.device)
+    if index is None or not index.holds(keys):
+        index = KeyIndex(keys)
+    matches = torch.empty(n, h * w, dtype=torch.long, device=query.device)
     score = torch.empty(n, 1, h, w, dtype=query.dtype, device=query.device)
     for b in range(n):
-        levels = _KeyLevels.of(keys, b)
-        best, value = _search(query[b], levels, 0, budget_bytes)
-        index[b] = best.reshape(-1)
+        best, value = _search(query[b], index.levels(b), 0, budget_bytes)
+        matches[b] = best.reshape(-1)
         score[b, 0] = value / _patch_norms(query[b])
-    return Correspondence(index=index, score=score)
+    return Correspondence(index=matches, score=score)
 
 
 def _search(
@@ -100,54 +104,46 @@ def _search(
     return best, value
 
 
-class _KeyLevels:
+class KeyIndex:
     """The keys average-pooled level by level, and each level's :class:`_KeyTable`, made
     once per set of keys: every tile of an image, and every image of a batch, searches the
-    same reference, and a 12-megapixel one's table takes seconds to build.  Kept while the
-    keys live (:data:`_LEVELS`), and holding no reference to them: level 0 is read from
-    the keys themselves at each use."""
+    same references, and a 12-megapixel one's table takes seconds to build.  Whoever holds
+    the references holds their index (and drops both together); a search given none, or
+    one made from other keys, makes its own for that call."""
 
-    def __init__(self, keys: Sequence[torch.Tensor], b: int) -> None:
-        self._sources = tuple(weakref.ref(k) for k in keys)
-        self._batch = b
-        self._pooled: list[list[torch.Tensor]] = []
+    def __init__(self, keys: Sequence[torch.Tensor]) -> None:
+        self._keys = tuple(keys)
+        self._levels: dict[int, _KeyLevels] = {}
+
+    def holds(self, keys: Sequence[torch.Tensor]) -> bool:
+        """Whether this index was made from exactly these key tensors."""
+        return len(keys) == len(self._keys) and all(
+            a is b for a, b in zip(keys, self._keys, strict=True)
+        )
+
+    def levels(self, b: int) -> _KeyLevels:
+        """The levels of batch element ``b``."""
+        if b not in self._levels:
+            self._levels[b] = _KeyLevels([k[b if k.shape[0] > 1 else 0] for k in self._keys])
+        return self._levels[b]
+
+
+class _KeyLevels:
+    """Pooled keys and key tables of one batch element, level 0 being the keys themselves."""
+
+    def __init__(self, keys: list[torch.Tensor]) -> None:
+        self._pooled: list[list[torch.Tensor]] = [keys]
         self._tables: dict[int, _KeyTable] = {}
 
-    @classmethod
-    def of(cls, keys: Sequence[torch.Tensor], b: int) -> _KeyLevels:
-        """The levels of batch element ``b`` of ``keys`` (``[N or 1, C, H, W]`` each)."""
-        first = id(keys[0])
-        entries = _LEVELS.get(first)
-        if entries is None:
-            entries = _LEVELS[first] = []
-            weakref.finalize(keys[0], _LEVELS.pop, first, None)
-        for levels in entries:
-            if levels.made_from(keys, b):
-                return levels
-        entries.append(cls(keys, b))
-        return entries[-1]
-
-    def made_from(self, keys: Sequence[torch.Tensor], b: int) -> bool:
-        same = len(self._sources) == len(keys) and b == self._batch
-        return same and all(ref() is k for ref, k in zip(self._sources, keys, strict=True))
-
     def keys(self, level: int) -> list[torch.Tensor]:
-        if level == 0:
-            sources = [ref() for ref in self._sources]
-            return [k[self._batch if k.shape[0] > 1 else 0] for k in sources if k is not None]
-        while len(self._pooled) < level:
-            self._pooled.append([_pool(k) for k in self.keys(len(self._pooled))])
-        return self._pooled[level - 1]
+        while len(self._pooled) <= level:
+            self._pooled.append([_pool(k) for k in self._pooled[-1]])
+        return self._pooled[level]
 
     def table(self, level: int) -> _KeyTable:
         if level not in self._tables:
             self._tables[level] = _KeyTable(self.keys(level), FACTOR + 2 * MARGIN)
         return self._tables[level]
-
-
-#: Key levels by the identity of the first key tensor they were made from; the entry goes
-#: when that tensor does (a reference's features dropped after its last image).
-_LEVELS: dict[int, list[_KeyLevels]] = {}
 
 
 def _pool(feat: torch.Tensor) -> torch.Tensor:

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ttsr_cli.archs.ttsr.model import SCALE
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.imageio import read_rgb
-from ttsr_cli.pipeline import SCALE, resize_bicubic
+from ttsr_cli.pixels import resize_bicubic
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 #: Shares of synthesised pairs whose reference is another photo, the LR itself upsampled, or

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ttsr_cli.nn.lte import LTE
-from ttsr_cli.nn.ttsr import TTSROutput
-from ttsr_cli.nn.vgg import VGG19Relu5
+from ttsr_cli.archs.ttsr.lte import LTE
+from ttsr_cli.archs.ttsr.model import TTSROutput
+from ttsr_cli.archs.vgg import VGG19Relu5
 
 GRADIENT_PENALTY_WEIGHT = 10.0
 

@@ -17,21 +17,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class MeanShift(nn.Conv2d):
-    """Fixed 1x1 conv computing ``(x - mean) / std`` per channel (never trained)."""
-
-    def __init__(self) -> None:
-        super().__init__(3, 3, kernel_size=1)
-        std = torch.tensor(IMAGENET_STD)
-        with torch.no_grad():
-            self.weight.copy_(torch.diag(1.0 / std).view(3, 3, 1, 1))
-            self.bias.copy_(-torch.tensor(IMAGENET_MEAN) / std)
-        self.requires_grad_(False)
-
+from ttsr_cli.archs.blocks import IMAGENET_MEAN, IMAGENET_STD, MeanShift
 
 #: Input rows either side of a band that its lv3 rows depend on: a 3x3 conv at 1/4 reaches
 #: 1 row there = 4 input rows, plus 1 at 1/2 before the second pool, plus 1 at full
@@ -75,7 +61,7 @@ class LTE(nn.Module):
         super().__init__()
         w1, w2, w3 = widths
         self.widths = tuple(widths)
-        self.sub_mean = MeanShift()
+        self.sub_mean = MeanShift(IMAGENET_MEAN, IMAGENET_STD)
         # Indices follow torchvision's vgg19().features so the state-dict keys match it.
         self.slice1 = nn.Sequential()
         self.slice1.add_module("0", _conv(3, w1))

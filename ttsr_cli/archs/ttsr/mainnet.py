@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ttsr_cli.archs.blocks import conv_cat
+
 
 def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1)
@@ -30,20 +32,6 @@ def conv1x1(c_in: int, c_out: int) -> nn.Conv2d:
 def upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     """Bicubic upsampling exactly as the original calls it (align_corners=False)."""
     return F.interpolate(x, scale_factor=factor, mode="bicubic")
-
-
-def conv_cat(conv: nn.Conv2d, *parts: torch.Tensor) -> torch.Tensor:
-    """``conv(torch.cat(parts, dim=1))`` without materialising the concatenation."""
-    out, start = None, 0
-    for part in parts:
-        stop = start + part.shape[1]
-        weight = conv.weight[:, start:stop]
-        bias = conv.bias if out is None else None
-        y = F.conv2d(part, weight, bias, conv.stride, conv.padding)
-        out = y if out is None else out.add_(y)
-        start = stop
-    assert out is not None and start == conv.in_channels, "parts do not fill the conv input"
-    return out
 
 
 class ResBlock(nn.Module):

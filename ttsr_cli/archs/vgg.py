@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ttsr_cli.nn.lte import MeanShift
+from ttsr_cli.archs.blocks import IMAGENET_MEAN, IMAGENET_STD, MeanShift
 
 #: VGG19 configuration "E": channels per conv, "M" for max-pooling.
 _LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512)
@@ -21,7 +21,7 @@ class VGG19Relu5(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.sub_mean = MeanShift()
+        self.sub_mean = MeanShift(IMAGENET_MEAN, IMAGENET_STD)
         layers: list[nn.Module] = []
         c_in = 3
         for item in _LAYOUT:

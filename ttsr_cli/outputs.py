@@ -1,0 +1,102 @@
+"""One image file in, its results written: the upscaled image, and on request pictures of
+what the network did (attention and texture-source maps, a comparison sheet).
+
+Every file is written atomically (:mod:`ttsr_cli.atomic`), so an interrupted run never
+leaves a truncated one.  A batch is a loop over :func:`upscale_file`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ttsr_cli.errors import InputError
+from ttsr_cli.imageio import ImageData, output_format, read_image, to_8bit, write_image
+from ttsr_cli.pictures import attention_picture, compare_sheet, most_used_region, source_picture
+from ttsr_cli.pixels import resize_bicubic
+from ttsr_cli.run.common import Runner, Upscaled
+
+
+@dataclass(frozen=True)
+class UpscaleOptions:
+    """What to write besides the upscaled image.
+
+    ``outscale``: final scale (the model's result resized with Lanczos); ``attention_dir``:
+    folder for ``STEM_attention.png`` and ``STEM_source.png`` (models with a reference
+    search); ``compare``: ``STEM_compare.png`` beside the output.
+    """
+
+    outscale: float | None = None
+    attention_dir: Path | None = None
+    compare: bool = False
+
+
+@dataclass(frozen=True)
+class Written:
+    """What :func:`upscale_file` wrote: the output's ``(width, height)``, the tile count and
+    the choices the run made (``mode``, e.g. the search or attention used)."""
+
+    size: tuple[int, int]
+    tiles: int
+    mode: dict[str, str]
+
+
+def upscale_file(
+    runner: Runner,
+    source: Path,
+    destination: Path,
+    references: Any = None,
+    quality: int = 95,
+    options: UpscaleOptions = UpscaleOptions(),
+    reference_paths: Sequence[Path] = (),
+) -> Written:
+    """Upscale one image file into ``destination``, with the pictures ``options`` ask for.
+    ``reference_paths``: the files ``references`` were encoded from (none: the image is its
+    own reference), for the comparison sheet."""
+    if destination.resolve() == source.resolve():
+        raise InputError(f"{source}: refusing to overwrite the input with its own output")
+    output_format(destination)
+    image = read_image(source)
+    sr, result = runner.upscale_image(image, references, options.outscale)
+    write_image(destination, sr, quality)
+    if options.attention_dir is not None and result.attention is not None:
+        _write_maps(options.attention_dir, source.stem, result, sr.size)
+    if options.compare:
+        scale = runner.descriptor.scale
+        panels = [("bicubic", _bicubic(image.rgb, scale)), (runner.descriptor.family, result.sr)]
+        if runner.descriptor.takes_reference:
+            window = _compare_reference(image.rgb, reference_paths, result, scale)
+            panels.append(("reference", window))
+        _write_png(destination.parent / f"{source.stem}_compare.png", compare_sheet(panels))
+    return Written(sr.size, result.tiles, result.mode)
+
+
+def _write_maps(folder: Path, stem: str, result: Upscaled, size: tuple[int, int]) -> None:
+    assert result.attention is not None and result.source is not None
+    _write_png(folder / f"{stem}_attention.png", attention_picture(result.attention, size))
+    _write_png(folder / f"{stem}_source.png", source_picture(result.source, result.grids, size))
+
+
+def _bicubic(lr: np.ndarray, scale: int) -> np.ndarray:
+    return resize_bicubic(lr, lr.shape[1] * scale, lr.shape[0] * scale)
+
+
+def _compare_reference(
+    lr: np.ndarray, paths: Sequence[Path], result: Upscaled, scale: int
+) -> np.ndarray:
+    """The reference window the hard attention used most, at the output's scale (the
+    search's grid is at LR resolution, the references at ``scale`` x)."""
+    assert result.source is not None
+    number, top, left, height, width = most_used_region(result.source, result.grids)
+    ref = read_image(paths[number]).rgb if paths else _bicubic(lr, scale)
+    rows = slice(top * scale, (top + height) * scale)
+    return ref[rows, left * scale : (left + width) * scale]
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_image(path, ImageData(rgb=to_8bit(rgb)))

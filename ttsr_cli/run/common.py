@@ -1,0 +1,132 @@
+"""What every family's runner shares: settings, reduced precision, tile progress, results."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ttsr_cli.archs.descriptor import Descriptor
+from ttsr_cli.devices import release_free_memory
+from ttsr_cli.imageio import ImageData
+from ttsr_cli.pixels import final_size, resize, resize_bicubic
+
+#: Called with (tiles done, tiles in all) as a tiled image progresses.
+TileCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How to run any model, as the command line states it.
+
+    ``memory_budget``: bytes one image's run may use (``--max-memory``; None: half of what
+    is free when the image starts).  ``tile``: force tiles (TTSR) or attention windows
+    (CSNLN) of this many LR pixels a side.  ``search``: TTSR's relevance search.
+    ``attention``: CSNLN's attention, exact, windowed or auto.  ``channels_last``: run
+    TTSR's convolutions in NHWC (faster on CPUs and tensor cores; the model is converted in
+    place, so a trainer validating its own model passes its layout).
+    """
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: torch.dtype = torch.float32
+    memory_budget: int | None = None
+    tile: int | None = None
+    search: str = "auto"
+    attention: str = "auto"
+    channels_last: bool = True
+
+
+@dataclass
+class Upscaled:
+    """A result with what the network decided.
+
+    ``sr``: the image (same bit depth as the input).  ``tiles``: how many tiles or windows
+    it took (1: whole).  ``mode``: the choices made for this image, as ``--json`` reports
+    them (``{"search": "fast"}``, ``{"attention": "exact"}``).  TTSR only: ``attention``
+    (soft attention S, ``[h, w]`` at LR resolution), ``source`` (the matched reference
+    position per LR position, counted over the references' lv3 ``grids`` concatenated
+    row-major).
+    """
+
+    sr: np.ndarray
+    tiles: int = 1
+    mode: dict[str, str] = field(default_factory=dict)
+    attention: np.ndarray | None = None
+    source: np.ndarray | None = None
+    grids: list[tuple[int, int]] = field(default_factory=list)
+
+
+def autocast(device: torch.device, precision: torch.dtype) -> contextlib.AbstractContextManager:
+    """Reduced precision through autocast: the weights stay fp32, so ops autocast keeps in
+    fp32 (normalisation, reductions, softmax) stay accurate.  fp32 means fp32: on CUDA the
+    TF32 convolutions and products PyTorch allows by default are turned off for the run
+    (with them the CSNLN fixture's x4 output moved by 4.5e-4 and 975 8-bit values; without,
+    by 1.6e-6 and none)."""
+    if precision != torch.float32:
+        return torch.autocast(device.type, dtype=precision)
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return _without_tf32()
+
+
+@contextlib.contextmanager
+def _without_tf32() -> Iterator[None]:
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+class Progress:
+    """Counts tiles done for a :data:`TileCallback`, and returns each tile's freed memory to
+    the system before the next (:func:`release_free_memory`)."""
+
+    def __init__(self, device: torch.device, callback: TileCallback | None, total: int) -> None:
+        self.device, self.callback, self.total, self.done = device, callback, total, 0
+
+    def step(self) -> None:
+        release_free_memory(self.device)
+        self.done += 1
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+
+
+class Runner:
+    """Runs one loaded network on images held as arrays, within a memory budget.
+
+    Subclasses (one per family) implement :meth:`upscale_detailed`; the whole-file path
+    (alpha, ``--outscale``) is the same for all of them.
+    """
+
+    descriptor: Descriptor
+    #: Called with (tiles done, tiles in all) as a tiled image progresses.
+    on_tile: TileCallback | None = None
+
+    def upscale_detailed(self, lr: np.ndarray, references: Any = None) -> Upscaled:
+        raise NotImplementedError
+
+    def upscale(self, lr: np.ndarray, references: Any = None) -> np.ndarray:
+        """The super-resolved ``lr`` (uint8 or uint16 ``[H, W, 3]``; same type out)."""
+        return self.upscale_detailed(lr, references).sr
+
+    def upscale_image(
+        self, image: ImageData, references: Any = None, outscale: float | None = None
+    ) -> tuple[ImageData, Upscaled]:
+        """A decoded file at the model's scale: colour through the network, alpha by bicubic
+        (no network knows transparency); depth, profile and greyness carried over.  With
+        ``outscale`` the result is then resized with Lanczos to ``outscale`` x the input."""
+        result = self.upscale_detailed(image.rgb, references)
+        sr = result.sr
+        if outscale is not None:
+            sr = resize(sr, *final_size(image.size, outscale), Image.LANCZOS)
+        alpha = image.alpha
+        if alpha is not None:
+            alpha = resize_bicubic(alpha, sr.shape[1], sr.shape[0])
+        return replace(image, rgb=sr, alpha=alpha), result
