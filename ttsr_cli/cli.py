@@ -83,7 +83,7 @@ def upscale(
     images: Annotated[
         list[Path],
         typer.Argument(
-            help="Images, folders or quoted globs to upscale x4 (any format Pillow reads).",
+            help="Images, folders or quoted globs to upscale (any format Pillow reads).",
             show_default=False,
         ),
     ],
@@ -175,15 +175,19 @@ def upscale(
     attention: AttentionOption = "auto",
     outscale: Annotated[
         float | None,
-        typer.Option(min=0.01, help="Final scale: the x4 result resized with Lanczos, e.g. 2."),
+        typer.Option(
+            min=0.01, help="Final scale: the model's result resized with Lanczos, e.g. 2."
+        ),
     ] = None,
     save_attention: Annotated[
         Path | None,
-        typer.Option(help="Folder for STEM_attention.png and STEM_source.png maps."),
+        typer.Option(help="Folder for STEM_attention.png and STEM_source.png maps (TTSR)."),
     ] = None,
     compare: Annotated[
         bool,
-        typer.Option("--compare", help="Write STEM_compare.png: bicubic | ttsr | reference crop."),
+        typer.Option(
+            "--compare", help="Write STEM_compare.png: bicubic | model | reference crop (TTSR)."
+        ),
     ] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="Print one JSON object with every result on stdout.")
