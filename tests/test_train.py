@@ -21,6 +21,7 @@ from ttsr_cli.archs.vgg import VGG19Relu5
 from ttsr_cli.devices import TorchrunEnv
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.train import TrainOptions, load_config, step_batches, train
+from ttsr_cli.train.loop import Trainer, recipe_for
 from ttsr_cli.train.pairs import PairDataset
 from ttsr_cli.train.ttsr import CONFIGS
 
@@ -266,6 +267,41 @@ def test_gan_preset_runs_every_loss_after_the_warmup(photos: Path, tmp_path: Pat
     assert set(records[0]) >= {"rec"} and "adv" not in records[0]
     assert {"rec", "per", "tpl", "adv", "critic"} <= set(records[-1])
     assert all(np.isfinite(r["loss"]) for r in records)
+
+
+def _parameters(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _moved(before: list[torch.Tensor], module: torch.nn.Module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+def test_gan_preset_steps_move_the_critic_then_the_generator(photos: Path, tmp_path: Path) -> None:
+    """The critic's steps move the critic alone; the generator's adversarial term reaches the
+    generator through a frozen critic, and the generator's step moves it."""
+    vgg = _random_vgg_file(tmp_path / "vgg19.safetensors")
+    opts = options(photos, tmp_path / "gan", preset="gan", vgg=str(vgg), patch_size=32)
+    recipe = recipe_for(opts)
+    dataset = recipe.dataset()
+    trainer = Trainer(opts, recipe, TorchrunEnv(), torch.device("cpu"), dataset)
+    trainer.step = recipe.warmup_steps  # adversarial training on
+    batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
+    critic, generator = _parameters(recipe.critic), _parameters(trainer.model)
+    terms, logged, _ = recipe.terms(trainer, batch)
+    assert _moved(critic, recipe.critic) and not _moved(generator, trainer.model)
+    assert np.isfinite(logged["critic"])
+    critic_grads = [p.grad.clone() for p in recipe.critic.parameters()]  # its last step's
+    terms["adv"].backward()
+    assert all(
+        torch.equal(g, p.grad)
+        for g, p in zip(critic_grads, recipe.critic.parameters(), strict=True)
+    )
+    reached = [p.grad for p in trainer.model.MainNet.parameters() if p.grad is not None]
+    assert reached and sum(float(g.abs().sum()) for g in reached) > 0
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.train_step(batch)
+    assert _moved(generator, trainer.model)
 
 
 def test_offline_perceptual_training_fails_with_a_clear_message(
