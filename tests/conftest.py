@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +75,40 @@ def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedP
         cwd=cwd,
         timeout=300,
     )
+
+
+def kill_mid_write(*args: str | Path, skip: int, scratch: Path, deadline_s: float = 120) -> Path:
+    """Run ``ttsr`` under ``slow_writes.py``, SIGKILL it inside write number ``skip + 1``, and
+    return the path that write was filling (half-written, fsynced) when the kill landed.
+
+    Killing at a moment chosen by the writer, not by a timer, is what lets a test see the state a
+    crash mid-write leaves: a timed kill lands during imports or between the millisecond writes.
+    """
+    marker = scratch / "slow-write.marker"
+    log = scratch / "slow-write.stderr"
+    env = {**os.environ, "SLOW_WRITE_MARKER": str(marker), "SLOW_WRITE_SKIP": str(skip)}
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "slow_writes.py"), *map(str, args)],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=env,
+        )
+    try:
+        end = time.monotonic() + deadline_s
+        while not marker.exists():
+            if proc.poll() is not None:
+                why = f"ttsr exited ({proc.returncode}) before the slow write"
+                pytest.fail(f"{why}:\n{log.read_text()}")
+            if time.monotonic() > end:
+                pytest.fail(f"no slow write within {deadline_s} s:\n{log.read_text()}")
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()  # a no-op after the SIGKILL; on a failure above, no process is left behind
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    return Path(marker.read_text())
 
 
 def make_cufed5(root: Path, ids: tuple[str, ...] = ("000", "001"), levels: int = 5) -> Path:

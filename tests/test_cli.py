@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli, sample_image, save_png
+from conftest import kill_mid_write, run_cli, sample_image, save_png
 
 
 @pytest.fixture
@@ -148,6 +148,32 @@ def test_never_overwrites_the_input(images, tiny_weights: Path) -> None:
     assert result.returncode == 1
     assert_one_line_error(result, "overwrite")
     assert images["lr"].read_bytes() == before
+
+
+def test_sigkill_mid_image_write_keeps_the_previous_output(
+    images, tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed half-way through replacing out.png, the old out.png is left whole.
+
+    The kill lands inside the write (see ``slow_writes.py``): a small PNG is written in
+    milliseconds, so a timed kill would almost never catch one.
+    """
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # see the SIGKILL test in test_train.py
+    out = tmp_path / "out.png"
+    first = run_cli("upscale", images["lr"], "-w", tiny_weights, "-o", out, "--device", "cpu")
+    assert first.returncode == 0, first.stderr
+    before = out.read_bytes()
+    # Another input, so the interrupted image would differ from the one on disk.
+    args = ("upscale", images["ref2"], "-w", tiny_weights, "-o", out, "--device", "cpu")
+    partial = kill_mid_write(*args, skip=0, scratch=tmp_path)
+    assert partial.name.endswith(".part") and partial.parent == out.parent, partial
+    assert partial.exists() and partial != out
+    assert out.read_bytes() == before
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    with Image.open(out) as image:
+        image.load()  # decodes every row: a truncated file raises here
+        assert image.size == (360, 240)
 
 
 @pytest.mark.parametrize(
