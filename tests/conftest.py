@@ -19,6 +19,8 @@ from ttsr_cli.weights import save_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+#: The bundled TTSR: a trained model, small enough for tests, that sees far.
+BUNDLED = ROOT / "models" / "ttsr.safetensors"
 OFFICIAL = SHARED / "fixtures" / "ttsr-official"
 
 #: Few channels and blocks: runs in milliseconds, exercises every code path of the paper model.
@@ -61,6 +63,12 @@ def sample_image(name: str = "astronaut", size: tuple[int, int] | None = None) -
     return image
 
 
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR of two 8-bit images (in float64: uint8 differences would wrap)."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
 def save_png(path: Path, array: np.ndarray) -> Path:
     Image.fromarray(array).save(path)
     return path
@@ -75,6 +83,29 @@ def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedP
         cwd=cwd,
         timeout=300,
     )
+
+
+#: ``python -c`` code running ``ttsr`` that reports its peak RSS (kB) on stderr's last line.
+_PEAK_RSS = (
+    "import atexit, resource, runpy, sys\n"
+    "atexit.register(lambda: print('peak-rss-kb', "
+    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr))\n"
+    "sys.argv[0] = 'ttsr'\n"
+    "runpy.run_module('ttsr_cli', run_name='__main__')\n"
+)
+
+
+def run_cli_peak(*args: str | Path) -> tuple[subprocess.CompletedProcess[str], int]:
+    """``ttsr ARGS`` in a fresh process, as :func:`run_cli`, and its peak RSS in bytes."""
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("peak-rss-kb "), result.stderr
+    return result, int(last.split()[1]) * 1024
 
 
 def kill_mid_write(*args: str | Path, skip: int, scratch: Path, deadline_s: float = 120) -> Path:

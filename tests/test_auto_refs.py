@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -47,9 +48,15 @@ def test_cli_ref_auto(scene: dict[str, Path], tiny_weights: Path, tmp_path: Path
         tiny_weights,
         "-o",
         out,
+        "--json",
     )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["astronaut_ttsr.png", "coffee_ttsr.png"]
+    used = {
+        Path(r["input"]).name: [Path(ref).name for ref in r["references"]]
+        for r in json.loads(result.stdout)["results"]
+    }
+    assert used == {"astronaut.png": ["astronaut_ref.png"], "coffee.png": ["coffee_ref.png"]}
     result = run_cli("upscale", scene["inputs"], "--ref", "auto", "-w", tiny_weights)
     assert result.returncode == 2
     assert "--ref auto needs --pool" in result.stderr

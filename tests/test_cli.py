@@ -187,7 +187,7 @@ def test_sigkill_mid_image_write_keeps_the_previous_output(
 )
 def test_bad_options(images, tiny_weights: Path, option: str, value: str, fragment: str) -> None:
     result = run_cli("upscale", images["lr"], "-w", tiny_weights, option, value)
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert_one_line_error(result, fragment)
 
 
@@ -195,5 +195,5 @@ def test_debug_shows_the_traceback(images, tmp_path: Path) -> None:
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"junk")
     result = run_cli("upscale", images["lr"], "-w", weights, "--debug")
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "Traceback" in result.stderr

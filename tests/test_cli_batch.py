@@ -170,6 +170,18 @@ def test_references_by_folder_and_map_then_skip_existing_and_shards(
     report = json.loads(first.stdout)
     assert (report["ok"], report["failed"]) == (3, 0)
     assert sorted(p.name for p in out.iterdir()) == ["a_ttsr.jpg", "b_ttsr.jpg", "c_ttsr.jpg"]
+    used = {
+        Path(r["input"]).name: [
+            str(Path(ref).relative_to(tmp_path.resolve())) for ref in r["references"]
+        ]
+        for r in report["results"]
+    }
+    # c is in the map, which wins over the folder; a and b find their namesakes in --ref-dir.
+    assert used == {
+        "a.png": ["refs/a.png"],
+        "b.png": ["refs/b.png"],
+        "c.png": ["refs/a.png", "refs/b.png"],
+    }
     assert Image.open(out / "b_ttsr.jpg").size == (48, 64)
 
     (out / "a_ttsr.jpg").unlink()

@@ -112,9 +112,12 @@ def test_ref_map_from_match_ref_drives_upscale(
     assert matched.returncode == 0, matched.stderr
     out = tmp_path / "up.png"
     upscaled = run_cli(
-        "upscale", scene / "input.png", "--ref-map", refs, "--weights", tiny_weights, "-o", out
-    )
+        "upscale", scene / "input.png", "--ref-map", refs, "--weights", tiny_weights, "-o", out,
+        "--json",
+    )  # fmt: skip
     assert upscaled.returncode == 0, upscaled.stderr
+    [result] = json.loads(upscaled.stdout)["results"]
+    assert result["references"] == [str((scene / "pool" / "true.png").resolve())]
     with Image.open(out) as image:
         assert image.size == (160, 160)
 

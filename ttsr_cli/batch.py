@@ -98,10 +98,12 @@ class Result:
     tiles: int = 1
     mode: dict[str, str] | None = None
     traceback: str | None = field(default=None, repr=False)
+    references: tuple[Path, ...] = ()
 
     def to_dict(self) -> dict:
         """The JSON record: ``input, output, status, error, seconds``, and for a written image
-        its ``tiles`` and the choices made for it (TTSR: the relevance ``search``, exact or
+        its ``tiles``, the ``references`` it borrowed from (none: itself, or a model without
+        references) and the choices made for it (TTSR: the relevance ``search``, exact or
         fast; CSNLN: the ``attention``, exact or windowed)."""
         record = {
             "input": str(self.input),
@@ -113,6 +115,7 @@ class Result:
         if self.mode is not None:
             record.update(self.mode)
             record["tiles"] = self.tiles
+            record["references"] = [str(ref) for ref in self.references]
         return record
 
 
@@ -438,4 +441,6 @@ def _run_one(runner: Runner, cache: ReferenceCache, job: Job, outputs: OutputOpt
         return Result(job.source, None, "error", reason, seconds, traceback=traceback.format_exc())
     seconds = time.perf_counter() - start
     size, tiles, mode = written.size, written.tiles, written.mode
-    return Result(job.source, job.destination, "ok", None, seconds, size, tiles, mode)
+    return Result(
+        job.source, job.destination, "ok", None, seconds, size, tiles, mode, None, job.references
+    )

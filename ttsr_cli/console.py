@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import traceback
 from collections.abc import Callable, Iterator
 
 import typer
@@ -28,17 +29,20 @@ def error(message: str) -> None:
 @contextlib.contextmanager
 def reported_errors(debug: bool = False) -> Iterator[None]:
     """Turn library failures into one line and the right exit code (2 configuration,
-    1 input, 130 interrupted); ``debug`` re-raises so the traceback shows."""
+    1 input, 130 interrupted); ``debug`` prints the traceback first, and a script sees the
+    same exit code with it as without."""
     try:
         yield
     except TTSRError as exc:
         if debug:
-            raise
+            traceback.print_exc()
         error(str(exc))
         raise typer.Exit(exc.exit_code) from None
     except (MemoryError, RuntimeError) as exc:
-        if debug or not _is_out_of_memory(exc):
+        if not _is_out_of_memory(exc):
             raise
+        if debug:
+            traceback.print_exc()
         error("out of memory: lower --max-memory or use a smaller reference")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:

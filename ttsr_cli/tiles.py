@@ -52,6 +52,19 @@ FINE_TEXTURES = 2
 #: pixels (8 residual blocks and a merge at 1x, a bicubic x4, a few 3x3 convs at 2x and 4x),
 #: so a core's edge, 16 pixels from the tile's border, sees what it sees in the whole image.
 FINE_OVERLAP = 16
+#: Least working memory per LR pixel, in fp32, of a fine tile (and so of an untiled
+#: upscale) and of a coarse tile, whatever the widths: tensors whose width does not shrink
+#: with the model's (3-channel images at 4x, convolution scratch, the search's blocks) keep a
+#: narrow model near it.  Measured by peak RSS with the bundled ``lite`` model (n_feats 32,
+#: LTE 16/32/64): fine tiles of 6-7.5k LR pixels took 23-32 KB per LR pixel where the
+#: width-proportional terms give 14.3, coarse tiles 6.6-8.3 KB where they give 6.1.  The
+#: paper configuration's terms are at or above both.
+FINE_FLOOR = 32 << 10
+COARSE_FLOOR = 9 << 10
+#: Float maps at 4x resolution that a tiled upscale keeps for the whole image besides the
+#: coarse pass's outputs: the blended output and its weights (3 + 1 channels), and the LR
+#: up-sampled (3).
+CANVAS_CHANNELS = 7
 
 
 def estimate_peak_bytes(
@@ -61,8 +74,8 @@ def estimate_peak_bytes(
 
     Everything large lives at 4x resolution, so the estimate is linear in the LR area.
     """
-    hr_pixels = lr_height * lr_width * SCALE * SCALE
-    return hr_pixels * elem_size * (MAINNET_TENSORS * n_feats + LTE_TENSORS * lte_width)
+    per_pixel = SCALE * SCALE * elem_size * (MAINNET_TENSORS * n_feats + LTE_TENSORS * lte_width)
+    return lr_height * lr_width * max(per_pixel, FINE_FLOOR * elem_size // 4)
 
 
 @dataclass(frozen=True)
@@ -118,7 +131,8 @@ def plan_passes(
     n_feats, lv1, lv2 = widths
     if estimate_peak_bytes(*lr_size, n_feats, lv1, elem_size) <= budget:
         return None
-    left = max(0, budget - coarse_output_bytes(*lr_size, n_feats, elem_size))
+    kept = coarse_output_bytes(*lr_size, n_feats, elem_size) + canvas_bytes(*lr_size)
+    left = max(0, budget - kept)
     coarse = plan_grid(*lr_size, left // coarse_pixel_bytes(n_feats, lv2, elem_size), overlap)
     fine_pixels = left // fine_pixel_bytes(n_feats, lv1, elem_size)
     return TilePlan(coarse, plan_grid(*lr_size, fine_pixels, fine_overlap(overlap)), left)
@@ -165,18 +179,25 @@ def fine_overlap(overlap: int) -> int:
 
 def coarse_pixel_bytes(n_feats: int, lv2: int, elem_size: int) -> int:
     """Working memory of a coarse tile per LR pixel: maps at 2x resolution."""
-    return SCALE * elem_size * (COARSE_MAPS * n_feats + COARSE_TEXTURES * lv2)
+    maps = SCALE * elem_size * (COARSE_MAPS * n_feats + COARSE_TEXTURES * lv2)
+    return max(maps, COARSE_FLOOR * elem_size // 4)
 
 
 def fine_pixel_bytes(n_feats: int, lv1: int, elem_size: int) -> int:
     """Working memory of a fine tile per LR pixel: maps at 4x resolution."""
-    return SCALE * SCALE * elem_size * (FINE_MAPS * n_feats + FINE_TEXTURES * lv1)
+    maps = SCALE * SCALE * elem_size * (FINE_MAPS * n_feats + FINE_TEXTURES * lv1)
+    return max(maps, FINE_FLOOR * elem_size // 4)
 
 
 def coarse_output_bytes(lr_height: int, lr_width: int, n_feats: int, elem_size: int) -> int:
     """What the coarse pass keeps for the whole image: the 1x and 2x branches, soft
     attention, and hard attention (int64)."""
     return lr_height * lr_width * (elem_size * (5 * n_feats + 1) + 8)
+
+
+def canvas_bytes(lr_height: int, lr_width: int) -> int:
+    """What a tiled upscale keeps at 4x in fp32 for the whole image (:data:`CANVAS_CHANNELS`)."""
+    return lr_height * lr_width * SCALE * SCALE * 4 * CANVAS_CHANNELS
 
 
 def spans(length: int, core: int, overlap: int) -> list[Span]:

@@ -27,7 +27,7 @@ import torch
 from ttsr_cli import archs
 from ttsr_cli.data import image_files
 from ttsr_cli.imageio import read_rgb
-from ttsr_cli.metrics import score
+from ttsr_cli.metrics import psnr_rgb, score
 from ttsr_cli.pixels import degrade
 from ttsr_cli.run.csnln import CSNLNRunner
 from ttsr_cli.weights import load
@@ -55,10 +55,11 @@ def centre_crop(image: np.ndarray, side: int) -> np.ndarray:
 
 
 def measure(runners: dict[str, CSNLNRunner], paths: list[Path], crop: int) -> dict[str, dict]:
-    """Per setting: mean PSNR, SSIM and seconds over ``paths``."""
+    """Per setting: mean PSNR, SSIM and seconds over ``paths``, and for windowed settings the
+    mean PSNR of their output against the exact one (``agree``); ``exact`` runs first."""
     scale = next(iter(runners.values())).scale
     sums: dict[str, dict[str, list[float]]] = {
-        k: {"psnr": [], "ssim": [], "s": []} for k in runners
+        k: {"psnr": [], "ssim": [], "s": [], "agree": []} for k in runners
     }
     sums["bicubic"] = {"psnr": [], "ssim": [], "s": []}
     for path in paths:
@@ -67,15 +68,20 @@ def measure(runners: dict[str, CSNLNRunner], paths: list[Path], crop: int) -> di
         sums["bicubic"]["psnr"].append(base.psnr)
         sums["bicubic"]["ssim"].append(base.ssim)
         sums["bicubic"]["s"].append(0.0)
+        exact = None
         for name, runner in runners.items():
             start = time.perf_counter()
             sr = runner.upscale(lr)
             seconds = time.perf_counter() - start
+            if exact is None:
+                exact = sr
+            else:
+                sums[name]["agree"].append(psnr_rgb(sr.astype(np.float64), exact))
             result = score(sr, hr, "sisr", scale)
             sums[name]["psnr"].append(result.psnr)
             sums[name]["ssim"].append(result.ssim)
             sums[name]["s"].append(seconds)
-    return {k: {m: float(np.mean(v)) for m, v in d.items()} for k, d in sums.items()}
+    return {k: {m: float(np.mean(v)) for m, v in d.items() if v} for k, d in sums.items()}
 
 
 def main() -> None:
