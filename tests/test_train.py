@@ -135,6 +135,7 @@ def test_sigkill_mid_checkpoint_write_keeps_the_previous_checkpoint(
     result = run_cli("train", *data, "--steps", "3", *every, "--resume")
     assert result.returncode == 0, result.stderr
     assert [r["step"] for r in step_records(run)] == [1, 2, 3]
+    assert not partial.exists()  # the cut-short write is cleared on the next start
 
 
 def _free_port() -> int:

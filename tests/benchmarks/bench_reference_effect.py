@@ -6,8 +6,9 @@ random direction and rescaled 0.8-1.2x (the retrieval pairs of ``bench_match_ref
 of the crop's exact texture is in it, the rest only in similar structures.  The *unrelated*
 reference of pair i is the true reference of pair i + N/2 (another image).  The same LR is
 upscaled with each, and with itself as reference; the reference effect is the mean PSNR
-(TTSR protocol: Y channel, 4 px border cut) with the true reference minus with the unrelated
-one, with a 95% confidence interval over pairs.  Mean soft attention (how confident the
+(TTSR protocol: Y channel over the whole image, no border cut, as the TTSR authors'
+``calc_psnr_and_ssim``) with the true reference minus with the unrelated one, with a 95%
+confidence interval over pairs.  Mean soft attention (how confident the
 matches were) is printed beside.
 
     python tests/benchmarks/bench_reference_effect.py [--weights FILE | --model NAME]

@@ -260,6 +260,14 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def remove_partial_checkpoints(folder: Path) -> None:
+    """Delete the temporary files of checkpoint writes that a kill cut short: they are never
+    read, and each can be as large as a checkpoint.  One run writes to a folder at a time."""
+    if folder.is_dir():
+        for partial in folder.glob(".step-*.pt.*.part"):
+            partial.unlink(missing_ok=True)
+
+
 def read_checkpoint_state(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """A training checkpoint's contents (plain tensors and data only: ``weights_only``)."""
     try:
@@ -353,6 +361,8 @@ def train(
     device = _device_for(opts.device, env)
     if env.world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if env.main:
+        remove_partial_checkpoints(opts.out / "checkpoints")
     resume_from = list_checkpoints(opts.out / "checkpoints")[-1:] if opts.resume else []
     if resume_from:
         resume_settings(resume_from[0], opts)
