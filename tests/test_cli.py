@@ -197,3 +197,46 @@ def test_debug_shows_the_traceback(images, tmp_path: Path) -> None:
     result = run_cli("upscale", images["lr"], "-w", weights, "--debug")
     assert result.returncode == 2
     assert "Traceback" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("target", "extra", "reason"),
+    [
+        ("/proc/x.png", (), "cannot create files in /proc"),
+        ("{afile}/x.png", (), "is a file, not a folder"),
+        ("{afile}/deeper/x.png", (), "is a file, not a folder"),
+        ("{tmp}/out.png", ("--save-attention", "{afile}"), "is a file, not a folder"),
+    ],
+)
+def test_an_output_that_cannot_be_written_stops_before_the_model_loads(
+    images, tmp_path: Path, target: str, extra: tuple[str, ...], reason: str
+) -> None:
+    """The weights named here do not exist: the output is checked first, so that is the error
+    (before this check, such paths failed after each image had been computed)."""
+    afile = tmp_path / "afile"
+    afile.write_text("a file, not a folder")
+    fill = {"afile": afile, "tmp": tmp_path}
+    args = [a.format(**fill) for a in ("-o", target, *extra)]
+    result = run_cli("upscale", images["lr"], "-w", tmp_path / "missing.safetensors", *args)
+    assert result.returncode == 2
+    assert_one_line_error(result, "cannot write to", reason)
+    assert afile.read_text() == "a file, not a folder"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("train", "--data", "{tmp}", "--out", "{afile}/run", "--config", "tiny"),
+        ("match-ref", "{lr}", "--pool", "{tmp}", "--csv", "{afile}/refs.csv"),
+        ("evaluate", "--dataset", "set5", "--data-dir", "{tmp}", "--csv", "{afile}/r.csv"),
+    ],
+)
+def test_every_command_checks_its_outputs_first(
+    images, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("a file, not a folder")
+    fill = {"afile": afile, "tmp": tmp_path, "lr": images["lr"]}
+    result = run_cli(*(a.format(**fill) for a in command))
+    assert result.returncode == 2
+    assert_one_line_error(result, f"cannot write to {afile}", "is a file, not a folder")

@@ -76,16 +76,20 @@ def test_attention_maps_and_compare_sheet(tiny_weights: Path, tmp_path: Path) ->
         maps,
         "--compare",
     )
-    for name in ("photo_attention.png", "photo_source.png"):
+    for name in ("sr_attention.png", "sr_source.png"):
         with Image.open(maps / name) as picture:
             assert picture.size == (80, 60) and picture.mode == "RGB"
-    with Image.open(tmp_path / "out" / "photo_compare.png") as sheet:
+    with Image.open(tmp_path / "out" / "sr_compare.png") as sheet:
         assert sheet.width >= 2 * 160 and sheet.height > 120
-    sheet = np.asarray(Image.open(tmp_path / "out" / "photo_compare.png"))
+    sheet = np.asarray(Image.open(tmp_path / "out" / "sr_compare.png"))
     assert sheet[20:, 164:324].std() > 0  # the ttsr panel is a picture, not blank
 
 
 def test_compare_without_a_reference_uses_the_image_itself(tiny_weights, tmp_path) -> None:
+    """Sheets are named after the output: a second run to another output keeps the first's."""
     lr = save_png(tmp_path / "photo.png", sample_image("astronaut", (32, 24)))
     upscale(lr, tiny_weights, tmp_path / "sr.png", "--compare")
-    assert (tmp_path / "photo_compare.png").is_file()
+    first = (tmp_path / "sr_compare.png").read_bytes()
+    upscale(lr, tiny_weights, tmp_path / "sr2.png", "--compare", "--outscale", "2")
+    assert (tmp_path / "sr_compare.png").read_bytes() == first
+    assert (tmp_path / "sr2_compare.png").is_file()

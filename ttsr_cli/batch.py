@@ -20,6 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from ttsr_cli.archs.descriptor import Descriptor
+from ttsr_cli.atomic import require_writable
 from ttsr_cli.devices import torchrun_env
 from ttsr_cli.errors import InputError, TTSRError, first_line
 from ttsr_cli.imageio import output_format, probe_size
@@ -249,9 +250,7 @@ def plan(
     sources: Sequence[Source], outputs: OutputOptions, references: ReferenceOptions
 ) -> list[Job]:
     """Destination and references for every input; options are checked here (exit 2)."""
-    if not sources:
-        raise TTSRError("no input images found")
-    _check_output_options(outputs, len(sources))
+    check_outputs(sources, outputs)
     to_folder = _writes_to_folder(outputs.target, len(sources))
     chooser = _reference_chooser(references)
     inputs = {s.path.resolve() for s in sources}
@@ -268,6 +267,17 @@ def plan(
         claimed.setdefault(resolved, source.path)
         jobs.append(Job(source.path, destination, chooser(source.path), problem))
     return jobs
+
+
+def check_outputs(sources: Sequence[Source], outputs: OutputOptions) -> None:
+    """Everything about the outputs that can be known before any work (exit 2): the
+    options, and that every folder to be written can take files."""
+    if not sources:
+        raise TTSRError("no input images found")
+    _check_output_options(outputs, len(sources))
+    to_folder = _writes_to_folder(outputs.target, len(sources))
+    folders = [_destination(source, outputs, to_folder).parent for source in sources]
+    require_writable([*folders, outputs.extras.attention_dir])
 
 
 def _check_output_options(outputs: OutputOptions, count: int) -> None:

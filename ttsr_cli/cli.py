@@ -11,6 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ttsr_cli import __version__, batch, matching, registry, run
+from ttsr_cli.atomic import require_writable
 from ttsr_cli.batch import DEFAULT_SUFFIX
 from ttsr_cli.console import error, reported_errors, stderr, training_progress
 from ttsr_cli.devices import select_device
@@ -181,12 +182,16 @@ def upscale(
     ] = None,
     save_attention: Annotated[
         Path | None,
-        typer.Option(help="Folder for STEM_attention.png and STEM_source.png maps (TTSR)."),
+        typer.Option(
+            help="Folder for STEM_attention.png and STEM_source.png maps, STEM the output's (TTSR)."
+        ),
     ] = None,
     compare: Annotated[
         bool,
         typer.Option(
-            "--compare", help="Write STEM_compare.png: bicubic | model | reference crop (TTSR)."
+            "--compare",
+            help="Write STEM_compare.png beside the output, STEM the output's: bicubic | "
+            "model | reference crop.",
         ),
     ] = False,
     json_output: Annotated[
@@ -209,12 +214,13 @@ def upscale(
     with reported_errors(debug):
         start = time.perf_counter()
         settings = run.settings(device, precision, max_memory, tile, search, attention)
-        runner = run.load_runner(model, weights, settings)
         extras = UpscaleOptions(outscale, save_attention, compare)
         outputs = batch.OutputOptions(output, suffix, output_format, quality, skip_existing, extras)
-        batch.check_extras(extras, runner.descriptor)
         shard = shard or batch.torchrun_shard()
         sources = batch.select_shard(batch.collect_inputs(images, recursive, suffix), shard)
+        batch.check_outputs(sources, outputs)  # before the model: loading can take long
+        runner = run.load_runner(model, weights, settings)
+        batch.check_extras(extras, runner.descriptor)
         references = batch.reference_options(
             sources, ref or [], ref_dir, ref_map, (pool, ref_top), runner.descriptor, error
         )
@@ -449,7 +455,7 @@ def train(
             val_every=val_every,
             val_limit=val_limit,
         )
-
+        require_writable([out])  # before the data and the model are made
         with training_progress(quiet) as report:
             result = run_training(opts, on_step=report)
         if not quiet:
@@ -533,6 +539,7 @@ def evaluate(
     """
     with reported_errors(debug):
         settings = run.settings(device, precision, max_memory, None, search, attention)
+        require_writable([None if csv_file is None else csv_file.parent])
         runner = run.load_runner(model, weights, settings) if (weights or model) else None
         benchmark = prepare(
             dataset,
@@ -655,6 +662,8 @@ def match_ref(
             raise TTSRError(f"--pool {pool}: not a folder")
         inputs = [s.path for s in batch.collect_inputs(images)]
         pool_paths = [s.path for s in batch.collect_inputs([pool], suffix="")]
+        sheet_folder = None if sheet is None else sheet.parent
+        require_writable([None if csv_file is None else csv_file.parent, copy_to, sheet_folder])
         target = select_device(device)
         lte = None
         if weights or model:

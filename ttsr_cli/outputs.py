@@ -27,7 +27,8 @@ class UpscaleOptions:
 
     ``outscale``: final scale (the model's result resized with Lanczos); ``attention_dir``:
     folder for ``STEM_attention.png`` and ``STEM_source.png`` (models with a reference
-    search); ``compare``: ``STEM_compare.png`` beside the output.
+    search); ``compare``: ``STEM_compare.png`` beside the output.  STEM is the output's, so
+    runs to different outputs never overwrite each other's pictures.
     """
 
     outscale: float | None = None
@@ -64,14 +65,15 @@ def upscale_file(
     sr, result = runner.upscale_image(image, references, options.outscale)
     write_image(destination, sr, quality)
     if options.attention_dir is not None and result.attention is not None:
-        _write_maps(options.attention_dir, source.stem, result, sr.size)
+        _write_maps(options.attention_dir, destination.stem, result, sr.size)
     if options.compare:
         scale = runner.descriptor.scale
         panels = [("bicubic", _bicubic(image.rgb, scale)), (runner.descriptor.family, result.sr)]
         if runner.descriptor.takes_reference:
             window = _compare_reference(image.rgb, reference_paths, result, scale)
             panels.append(("reference", window))
-        _write_png(destination.parent / f"{source.stem}_compare.png", compare_sheet(panels))
+        sheet = destination.with_name(f"{destination.stem}_compare.png")
+        _write_png(sheet, compare_sheet(panels))
     return Written(sr.size, result.tiles, result.mode)
 
 
