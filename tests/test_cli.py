@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -240,3 +241,26 @@ def test_every_command_checks_its_outputs_first(
     result = run_cli(*(a.format(**fill) for a in command))
     assert result.returncode == 2
     assert_one_line_error(result, f"cannot write to {afile}", "is a file, not a folder")
+
+
+def test_a_tiny_reference_and_a_tiny_budget_are_used_with_a_warning(
+    images, tiny_weights: Path, tmp_path: Path
+) -> None:
+    """Accepted but probably not meant: one ``warning:`` line each on stderr, and the same in
+    ``--json``; every TTSR result also reports its relevance (mean soft attention)."""
+    small = save_png(tmp_path / "small.png", sample_image("coffee", (20, 24)))
+    args = ("upscale", images["lr"], "--ref", small, "-w", tiny_weights, "-o", tmp_path / "o.png")
+    result = run_cli(*args, "--max-memory", "1KB", "--json")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2, result.stderr
+    assert f"reference {small.resolve()}: 20x24 holds little texture" in warnings[0]
+    assert "memory budget is too small for this image" in warnings[1]
+    report = json.loads(result.stdout)
+    assert report["warnings"] == [warnings[0].removeprefix("warning: ")]
+    [image] = report["results"]
+    assert image["tiles"] > 1 and len(image["warnings"]) == 1
+    assert image["warnings"][0] in warnings[1]
+    assert 0.0 <= image["relevance"] <= 1.0
+    quiet = run_cli(*args, "--max-memory", "1KB", "--quiet")
+    assert quiet.returncode == 0 and quiet.stderr == ""

@@ -33,6 +33,10 @@ FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
 _GLOB_CHARS = frozenset("*?[")
 
 
+#: Positions a side (``scale`` pixels each) under which a reference draws a warning: the
+#: relevance search compares 3x3 patches of them, so fewer than 8x8 leave next to nothing
+#: to choose from.
+SMALL_REFERENCE = 8
 #: ``--ref auto``: choose each input's references from ``--pool`` (match-ref ranking).
 AUTO = "auto"
 
@@ -100,12 +104,15 @@ class Result:
     mode: dict[str, str] | None = None
     traceback: str | None = field(default=None, repr=False)
     references: tuple[Path, ...] = ()
+    relevance: float | None = None
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         """The JSON record: ``input, output, status, error, seconds``, and for a written image
         its ``tiles``, the ``references`` it borrowed from (none: itself, or a model without
-        references) and the choices made for it (TTSR: the relevance ``search``, exact or
-        fast; CSNLN: the ``attention``, exact or windowed)."""
+        references), the choices made for it (TTSR: the relevance ``search``, exact or
+        fast; CSNLN: the ``attention``, exact or windowed), its ``warnings`` and, for TTSR,
+        its ``relevance`` (the mean soft attention, 0 to 1)."""
         record = {
             "input": str(self.input),
             "output": None if self.output is None else str(self.output),
@@ -117,6 +124,9 @@ class Result:
             record.update(self.mode)
             record["tiles"] = self.tiles
             record["references"] = [str(ref) for ref in self.references]
+            record["warnings"] = list(self.warnings)
+            if self.relevance is not None:
+                record["relevance"] = round(self.relevance, 4)
         return record
 
 
@@ -388,14 +398,16 @@ def read_ref_map(path: Path) -> dict[Path, tuple[Path, ...]]:
     return table
 
 
-def check_references(jobs: Sequence[Job], scale: int = 4) -> None:
+def check_references(jobs: Sequence[Job], scale: int = 4) -> list[str]:
     """Every reference that will be used exists, is an image and is at least ``scale``
-    pixels a side (TTSR crops it to multiples of its scale).
+    pixels a side (TTSR crops it to multiples of its scale); returns a warning for each
+    one under :data:`SMALL_REFERENCE` positions a side, which is accepted.
 
     Only headers are read.  A problem here is a configuration error (exit 2) found before any
     input is processed; a reference whose pixels later fail to decode fails only the inputs
     that use it.
     """
+    warnings = []
     for ref in sorted({r for job in jobs if job.problem is None for r in job.references}):
         try:
             width, height = probe_size(ref)
@@ -405,6 +417,13 @@ def check_references(jobs: Sequence[Job], scale: int = 4) -> None:
             raise TTSRError(
                 f"reference {ref}: is {width}x{height}; it must be at least {scale}x{scale}"
             )
+        if min(width, height) < SMALL_REFERENCE * scale:
+            side = SMALL_REFERENCE * scale
+            warnings.append(
+                f"reference {ref}: {width}x{height} holds little texture to borrow "
+                f"(under {side}x{side} pixels); it is used anyway"
+            )
+    return warnings
 
 
 def run(
@@ -450,7 +469,15 @@ def _run_one(runner: Runner, cache: ReferenceCache, job: Job, outputs: OutputOpt
         seconds = time.perf_counter() - start
         return Result(job.source, None, "error", reason, seconds, traceback=traceback.format_exc())
     seconds = time.perf_counter() - start
-    size, tiles, mode = written.size, written.tiles, written.mode
     return Result(
-        job.source, job.destination, "ok", None, seconds, size, tiles, mode, None, job.references
+        job.source,
+        job.destination,
+        "ok",
+        seconds=seconds,
+        size=written.size,
+        tiles=written.tiles,
+        mode=written.mode,
+        references=job.references,
+        relevance=written.relevance,
+        warnings=written.warnings,
     )

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ttsr_cli import __version__, batch, matching, registry, run
 from ttsr_cli.atomic import require_writable
 from ttsr_cli.batch import DEFAULT_SUFFIX
-from ttsr_cli.console import error, reported_errors, stderr, training_progress
+from ttsr_cli.console import error, reported_errors, stderr, training_progress, warning
 from ttsr_cli.devices import select_device
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.evaluate import Benchmark, ImageResult, Report, Skipped, prepare, write_csv
@@ -225,8 +225,8 @@ def upscale(
             sources, ref or [], ref_dir, ref_map, (pool, ref_top), runner.descriptor, error
         )
         jobs = batch.plan(sources, outputs, references)
-        batch.check_references(jobs, runner.descriptor.scale)
-        report = _Report(len(jobs), quiet, verbose, debug, str(settings.device))
+        warnings = batch.check_references(jobs, runner.descriptor.scale)
+        report = _Report(len(jobs), quiet, verbose, debug, str(settings.device), warnings)
         runner.on_tile = report.tile
         with report:
             results = batch.run(runner, jobs, outputs, report.add)
@@ -238,9 +238,12 @@ def upscale(
 class _Report:
     """Progress bar and per-image lines on stderr while a batch runs, summary or JSON after."""
 
-    def __init__(self, total: int, quiet: bool, verbose: bool, debug: bool, device: str) -> None:
+    def __init__(
+        self, total: int, quiet: bool, verbose: bool, debug: bool, device: str, warnings: list[str]
+    ) -> None:
         self.single = total == 1
         self.quiet, self.verbose, self.debug, self.device = quiet, verbose, debug, device
+        self.warnings = warnings  # the run's, before any image; each image has its own
         show_bar = not quiet and not self.single and stderr.is_terminal
         self.progress = Progress(
             TextColumn("{task.description}"),
@@ -254,6 +257,9 @@ class _Report:
         self.tiles = self.progress.add_task("tiles", total=None, visible=False)
 
     def __enter__(self) -> _Report:
+        if not self.quiet:
+            for message in self.warnings:
+                warning(message)
         self.progress.start()
         return self
 
@@ -270,7 +276,11 @@ class _Report:
             if self.debug and result.traceback:
                 stderr.print(result.traceback, markup=False, highlight=False)
             error(f"{result.input}: {result.error}")
-        elif self.verbose and not self.quiet:
+            return
+        if not self.quiet:
+            for message in result.warnings:
+                warning(f"{result.input}: {message}")
+        if self.verbose and not self.quiet:
             notes = [f"{result.tiles} tiles"] if result.tiles > 1 else []
             mode = result.mode or {}
             notes += ["fast search"] if mode.get("search") == "fast" else []
@@ -284,6 +294,7 @@ class _Report:
         if as_json:
             summary = {"results": [r.to_dict() for r in results], "ok": counts["ok"]}
             summary.update(failed=counts["error"], skipped=counts["skipped"])
+            summary["warnings"] = self.warnings
             typer.echo(json.dumps(summary))
         if self.quiet:
             return

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,7 +24,12 @@ stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def error(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", markup=True)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True)
+
+
+def warning(message: str) -> None:
+    """Something accepted that was probably not meant: one line, the run goes on."""
+    stderr.print(f"[bold yellow]warning:[/] {escape(message)}", markup=True)
 
 
 @contextlib.contextmanager

@@ -161,6 +161,15 @@ def parse_size(text: str) -> int:
     return int(value * units[unit])
 
 
+def format_size(size: int) -> str:
+    """Bytes as ``--max-memory`` takes them (powers of 1024): ``'37 MB'``, ``'1.5 GB'``."""
+    for unit, factor in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if size >= factor:
+            value = size / factor
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{size} bytes"
+
+
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 

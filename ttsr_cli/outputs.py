@@ -38,12 +38,15 @@ class UpscaleOptions:
 
 @dataclass(frozen=True)
 class Written:
-    """What :func:`upscale_file` wrote: the output's ``(width, height)``, the tile count and
-    the choices the run made (``mode``, e.g. the search or attention used)."""
+    """What :func:`upscale_file` wrote: the output's ``(width, height)``, the tile count,
+    the choices the run made (``mode``, e.g. the search or attention used), the mean soft
+    attention (TTSR) and what was probably not meant."""
 
     size: tuple[int, int]
     tiles: int
     mode: dict[str, str]
+    relevance: float | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def upscale_file(
@@ -74,7 +77,7 @@ def upscale_file(
             panels.append(("reference", window))
         sheet = destination.with_name(f"{destination.stem}_compare.png")
         _write_png(sheet, compare_sheet(panels))
-    return Written(sr.size, result.tiles, result.mode)
+    return Written(sr.size, result.tiles, result.mode, result.relevance, tuple(result.warnings))
 
 
 def _write_maps(folder: Path, stem: str, result: Upscaled, size: tuple[int, int]) -> None:

@@ -114,6 +114,9 @@ class TilePlan:
     coarse: list[Tile]
     fine: list[Tile]
     budget: int
+    #: Bytes the plan needs beyond the given budget: more than 0 when even the smallest
+    #: tiles (:data:`MIN_TILE`) do not fit, and they run anyway.
+    shortfall: int = 0
 
 
 def plan_passes(
@@ -133,9 +136,17 @@ def plan_passes(
         return None
     kept = coarse_output_bytes(*lr_size, n_feats, elem_size) + canvas_bytes(*lr_size)
     left = max(0, budget - kept)
-    coarse = plan_grid(*lr_size, left // coarse_pixel_bytes(n_feats, lv2, elem_size), overlap)
-    fine_pixels = left // fine_pixel_bytes(n_feats, lv1, elem_size)
-    return TilePlan(coarse, plan_grid(*lr_size, fine_pixels, fine_overlap(overlap)), left)
+    coarse_bytes = coarse_pixel_bytes(n_feats, lv2, elem_size)
+    fine_bytes = fine_pixel_bytes(n_feats, lv1, elem_size)
+    coarse = plan_grid(*lr_size, left // coarse_bytes, overlap)
+    fine = plan_grid(*lr_size, left // fine_bytes, fine_overlap(overlap))
+    needed = kept + max(max(_reads(coarse)) * coarse_bytes, max(_reads(fine)) * fine_bytes)
+    return TilePlan(coarse, fine, left, max(0, needed - budget))
+
+
+def _reads(tiles: list[Tile]) -> list[int]:
+    """LR pixels each tile reads, margins included."""
+    return [(t.y.read1 - t.y.read0) * (t.x.read1 - t.x.read0) for t in tiles]
 
 
 def plan_grid(lr_height: int, lr_width: int, max_pixels: int, overlap: int) -> list[Tile]:

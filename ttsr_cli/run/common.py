@@ -50,7 +50,7 @@ class Upscaled:
     them (``{"search": "fast"}``, ``{"attention": "exact"}``).  TTSR only: ``attention``
     (soft attention S, ``[h, w]`` at LR resolution), ``source`` (the matched reference
     position per LR position, counted over the references' lv3 ``grids`` concatenated
-    row-major).
+    row-major).  ``warnings``: what was done that was probably not meant (one line each).
     """
 
     sr: np.ndarray
@@ -59,6 +59,13 @@ class Upscaled:
     attention: np.ndarray | None = None
     source: np.ndarray | None = None
     grids: list[tuple[int, int]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def relevance(self) -> float | None:
+        """Mean soft attention: how well, on average, the references' best patches matched
+        (TTSR only).  Low when a reference shares nothing with the image."""
+        return None if self.attention is None else float(self.attention.mean())
 
 
 def autocast(device: torch.device, precision: torch.dtype) -> contextlib.AbstractContextManager:

@@ -27,6 +27,7 @@ from ttsr_cli.archs.ttsr.model import SCALE, SEARCHES, Coarse, ReferenceFeatures
 from ttsr_cli.devices import (
     default_memory_budget,
     default_search_budget,
+    format_size,
     search_budget_within,
 )
 from ttsr_cli.errors import InputError, TTSRError
@@ -245,7 +246,13 @@ class TTSRRunner(Runner):
         sr = to_image(total.unsqueeze(0), bit_depth(lr))
         attention = coarse.S[0, 0].float().cpu().numpy()
         source = coarse.index[0].cpu().numpy()
-        return Upscaled(sr, len(plan.fine), {"search": search}, attention, source, grids)
+        result = Upscaled(sr, len(plan.fine), {"search": search}, attention, source, grids)
+        if plan.shortfall > 0:
+            result.warnings.append(
+                f"the memory budget is too small for this image: even its smallest tiles "
+                f"need about {format_size(plan.shortfall)} more; they ran anyway"
+            )
+        return result
 
     def _coarse_pass(
         self,
