@@ -59,7 +59,7 @@ def evaluate_json(*args: str | Path) -> dict:
 )
 def test_published_bicubic_baselines(name: str, psnr: float, ssim: float) -> None:
     data_dir = require_dataset(name)
-    report = evaluate_json("--dataset", name.lower(), "--data-dir", data_dir)
+    report = evaluate_json("--dataset", name.lower(), "--data-dir", data_dir, "-m", "bicubic")
     assert report["images"] == len(report["per_image"]) > 0
     assert round(report["bicubic_psnr"], 3) == psnr
     assert round(report["bicubic_ssim"], 4) == ssim
@@ -105,7 +105,8 @@ def test_evaluate_command_json_csv_and_images(
         "-d", "photos", "--data-dir", folder, "-w", tiny_weights, "--csv", table,
         "--save-images", saved,
     )  # fmt: skip
-    assert set(report) == KEYS | {"per_image"}
+    assert set(report) == KEYS | {"per_image", "model"}
+    assert report["model"] == str(tiny_weights)
     assert report["dataset"] == "photos" and report["protocol"] == "ttsr"
     assert report["images"] == 2
     assert all(set(row) == IMAGE_KEYS for row in report["per_image"])
@@ -123,11 +124,21 @@ def test_evaluate_command_json_csv_and_images(
 def test_baseline_only_with_limit_and_rgb_protocol(folder: Path, tmp_path: Path) -> None:
     table = tmp_path / "r.csv"
     report = evaluate_json(
-        "-d", "photos", "--data-dir", folder, "--limit", "1", "--protocol", "rgb", "--csv", table
-    )
+        "-d", "photos", "--data-dir", folder, "--limit", "1", "--protocol", "rgb", "--csv", table,
+        "--model", "bicubic",
+    )  # fmt: skip
     assert report["protocol"] == "rgb" and report["images"] == 1
     assert report["psnr"] is None and report["per_image"][0]["psnr"] is None
     assert list(csv.reader(table.open()))[1][1:3] == ["", ""]  # no model: empty cells
+
+
+def test_without_a_model_the_bundled_default_runs_beside_bicubic(folder: Path) -> None:
+    report = evaluate_json("-d", "photos", "--data-dir", folder)
+    assert report["model"] == "ttsr (the bundled default)"
+    assert report["psnr"] > report["bicubic_psnr"]  # the trained model beats bicubic here
+    said = run_cli("evaluate", "-d", "photos", "--data-dir", folder, "--limit", "1")
+    assert said.returncode == 0, said.stderr
+    assert "evaluating ttsr (the bundled default) beside bicubic" in said.stderr
 
 
 def test_table_on_stdout(folder: Path, tiny_weights: Path) -> None:
@@ -140,7 +151,7 @@ def test_table_on_stdout(folder: Path, tiny_weights: Path) -> None:
 def test_unreadable_or_tiny_images_are_reported_and_skipped(folder: Path) -> None:
     (folder / "broken.png").write_bytes(b"\x89PNG not really")
     save_png(folder / "tiny.png", sample_image("coffee", (9, 9)))
-    result = run_cli("evaluate", "-d", "photos", "--data-dir", folder, "--json")
+    result = run_cli("evaluate", "-d", "photos", "--data-dir", folder, "--json", "-m", "bicubic")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("error: ") for line in lines)

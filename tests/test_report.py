@@ -16,7 +16,7 @@ def test_report_with_a_model_and_baseline_only(tiny_weights: Path, tmp_path: Pat
     data.mkdir()
     for name in ("astronaut", "coffee", "chelsea"):
         save_png(data / f"{name}.png", sample_image(name, (120, 96)))
-    for weights, panels in ((("-w", tiny_weights), 3), ((), 2)):
+    for weights, panels in ((("-w", tiny_weights), 3), (("-m", "bicubic"), 2)):
         out = tmp_path / f"report{panels}"
         result = run_cli(
             "evaluate", "--dataset", "mine", "--data-dir", data, *weights, "--report", out, "--json"

@@ -473,6 +473,10 @@ def train(
             stderr.print(f"wrote {result.model_path} after {result.steps} steps")
 
 
+#: ``evaluate --model bicubic``: the baseline alone.
+BASELINE = "bicubic"
+
+
 @app.command()
 def evaluate(
     dataset: Annotated[
@@ -493,13 +497,17 @@ def evaluate(
         typer.Option(
             "--weights",
             "-w",
-            help="Checkpoint to evaluate, a file or hf:// URL. Omit (and --model) for the "
-            "bicubic baseline only.",
+            help="Checkpoint to evaluate, a file or hf:// URL. Without it and --model: "
+            "the bundled default model.",
         ),
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="A named model to evaluate (see ttsr models)."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="A named model to evaluate (see ttsr models); bicubic: the baseline alone.",
+        ),
     ] = None,
     ref_level: Annotated[
         str,
@@ -546,12 +554,15 @@ def evaluate(
 ) -> None:
     """Measure PSNR/SSIM of a model and of bicubic up-sampling on a benchmark dataset.
 
-    Example: [bold]ttsr evaluate --dataset set5 --data-dir Set5 --weights TTSR-rec.pt[/]
+    Example: [bold]ttsr evaluate --dataset set5 --data-dir Set5[/] (the bundled model beside
+    bicubic; --model bicubic for the baseline alone)
     """
     with reported_errors(debug):
         settings = run.settings(device, precision, max_memory, None, search, attention)
         require_writable([None if csv_file is None else csv_file.parent])
-        runner = run.load_runner(model, weights, settings) if (weights or model) else None
+        baseline_only = model == BASELINE and weights is None
+        runner = None if baseline_only else run.load_runner(model, weights, settings)
+        name = BASELINE if baseline_only else registry.chosen_name(model, weights)
         benchmark = prepare(
             dataset,
             data_dir,
@@ -560,6 +571,8 @@ def evaluate(
             protocol=protocol,
             limit=limit,
         )
+        if not json_output:
+            stderr.print(f"evaluating {name}{'' if baseline_only else ' beside bicubic'}")
         report = _run_with_progress(benchmark, save_images, show=not json_output)
         if csv_file is not None:
             write_csv(report, csv_file)
@@ -568,7 +581,7 @@ def evaluate(
 
             write_report(report, benchmark, report_dir)
         if json_output:
-            typer.echo(json.dumps(report.to_dict()))
+            typer.echo(json.dumps({"model": name, **report.to_dict()}))
         else:
             _print_table(report)
     if report.skipped:

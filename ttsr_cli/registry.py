@@ -172,6 +172,14 @@ def entry(model: str | None = None, weights: str | Path | None = None) -> Model 
     return registry.get(model) if model else registry.models.get(registry.default)
 
 
+def chosen_name(model: str | None = None, weights: str | Path | None = None) -> str:
+    """How reports name the model these options run: ``--model``, ``--weights``, or the
+    registry's default, said to be the default (a user who named none should know)."""
+    if weights is not None:
+        return str(weights)
+    return model or f"{load_registry().default} (the bundled default)"
+
+
 def check_loaded(entry: Model, family: str, scale: int) -> None:
     """A named model's weights must be the network its entry states: a file of another
     family or scale is refused (one line), never run as if it were the named model."""
