@@ -158,6 +158,22 @@ MUTATIONS = (
         REFERENCES,
     ),
     Mutation(
+        "train-default-paper",
+        "ttsr train defaults to the paper configuration (VGG19 from the Hub)",
+        "ttsr_cli/cli.py",
+        '    ] = "lite",\n',
+        '    ] = "paper",\n',
+        ("tests/test_train.py::test_defaults_train_offline_on_a_fresh_machine",),
+    ),
+    Mutation(
+        "evaluate-baseline-default",
+        "ttsr evaluate without a model measures bicubic alone",
+        "ttsr_cli/cli.py",
+        "        baseline_only = model == BASELINE and weights is None\n",
+        "        baseline_only = model in (BASELINE, None) and weights is None\n",
+        ("tests/test_evaluate.py::test_without_a_model_the_bundled_default_runs_beside_bicubic",),
+    ),
+    Mutation(
         "bf16-ignored",
         "--precision bf16 runs in fp32",
         "ttsr_cli/run/common.py",

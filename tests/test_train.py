@@ -281,6 +281,21 @@ def test_gan_preset_steps_move_the_critic_then_the_generator(photos: Path, tmp_p
     assert _moved(generator, trainer.model)
 
 
+def test_defaults_train_offline_on_a_fresh_machine(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No Hub, an empty cache: ``ttsr train --data --out`` (the lite configuration, a random
+    LTE) still runs; only the paper configuration's VGG19 needs a download."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    run = tmp_path / "run"
+    args = ("--steps", "1", "--batch-size", "2", "--patch-size", "64")  # photos of 120x90 px
+    result = run_cli("train", "--data", photos, "--out", run, *args)
+    assert result.returncode == 0, result.stderr
+    state = torch.load(run / "checkpoints" / "step-1.pt", weights_only=True)
+    assert state["config"] == CONFIGS["lite"].to_dict()
+
+
 def test_offline_perceptual_training_fails_with_a_clear_message(
     photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

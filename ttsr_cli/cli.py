@@ -206,7 +206,7 @@ def upscale(
     """Upscale images with the bundled model or any loaded one: TTSR borrows texture from
     reference images, CSNLN mines it from the image itself.
 
-    Example: [bold]ttsr upscale photo.png --ref sharp.jpg --weights TTSR.pt -o photo_x4.png[/]
+    Example: [bold]ttsr upscale photo.png --ref sharp.jpg -o photo_x4.png[/] (the bundled model)
 
     Exit codes: 0 all done, 1 some inputs failed (the others are still written), 2 a usage or
     configuration problem (nothing is processed).
@@ -357,8 +357,12 @@ def train(
         str, typer.Option(help="Network family: ttsr (reference-based) or csnln.")
     ] = "ttsr",
     config: Annotated[
-        str, typer.Option(help="tiny, lite, paper (the family's) or a .toml file of its fields.")
-    ] = "paper",
+        str,
+        typer.Option(
+            help="The family's tiny, lite (for a CPU; needs no download) or paper (TTSR: its "
+            "LTE starts from VGG19, fetched from the Hub), or a .toml file of its fields."
+        ),
+    ] = "lite",
     scale: Annotated[int, typer.Option(help="CSNLN's scale: 2, 3 or 4 (TTSR is x4).")] = 4,
     preset: Annotated[
         str, typer.Option(help="TTSR: rec (L1 only) or gan (the paper's TTSR).")
@@ -429,7 +433,7 @@ def train(
     """Train a TTSR or a CSNLN with its paper's recipe; run under torchrun for several
     processes (DDP).
 
-    Example: [bold]ttsr train --arch csnln --config lite --scale 4 --data photos/ --out runs/c[/]
+    Example: [bold]ttsr train --data photos/ --out runs/mine --steps 2000[/] (TTSR, lite)
     """
     from ttsr_cli.train import TrainOptions, load_config
     from ttsr_cli.train import train as run_training
