@@ -39,7 +39,17 @@ def test_help_describes_the_commands() -> None:
     assert result.returncode == 0
     for option in ("--ref", "--weights", "--output", "--device", "--max-memory"):
         assert option in result.stdout
+    assert "bundled" in result.stdout  # what runs without --model or --weights
     assert run_cli("--version").stdout.startswith("ttsr ")
+
+
+@pytest.mark.parametrize("command", ["upscale", "train", "evaluate", "match-ref"])
+def test_help_examples_need_nothing_a_fresh_install_lacks(command: str) -> None:
+    """A newcomer has the bundled model, not the authors' checkpoints."""
+    result = run_cli(command, "--help")
+    assert result.returncode == 0
+    [example] = [line for line in result.stdout.splitlines() if "Example:" in line]
+    assert ".pt" not in example and "ttsr " + command in example
 
 
 def test_upscale_writes_four_times_the_input(images, tiny_weights: Path, tmp_path: Path) -> None:

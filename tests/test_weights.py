@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY
+from conftest import TINY, run_cli, sample_image, save_png
 from ttsr_cli.archs.ttsr import TTSR, TTSRConfig
 from ttsr_cli.archs.ttsr.load import infer_config
 from ttsr_cli.errors import TTSRError
@@ -109,19 +109,64 @@ def test_random_bytes_give_one_line(tmp_path: Path, name: str) -> None:
     assert _one_line(exc).startswith(str(path))
 
 
+class Exploit:
+    """Pickled, it asks the loader to run a shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # runs on unpickling if the loader trusts the file
+        return (os.system, (f"touch {self.marker}",))
+
+
 def test_pickled_code_is_never_executed(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-
-    class Exploit:
-        def __reduce__(self):  # runs on unpickling if the loader trusts the file
-            return (os.system, (f"touch {marker}",))
-
     path = tmp_path / "evil.pt"
     with open(path, "wb") as fh:
-        pickle.dump({"x": Exploit()}, fh)
-    with pytest.raises(TTSRError):
+        pickle.dump({"x": Exploit(marker)}, fh)
+    with pytest.raises(TTSRError, match="refused: it holds Python code or objects"):
         load_model(path)
     assert not marker.exists()
+
+
+def _weights_file(kind: str, folder: Path) -> Path:
+    """A file that is not usable weights, in one of the ways a user meets."""
+    path = folder / ("w.safetensors" if kind == "truncated safetensors" else "w.pt")
+    if kind == "notes":
+        path.write_text("my notes about the model\n")
+    elif kind == "truncated":
+        torch.save(TTSR(TINY).state_dict(), path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "truncated safetensors":
+        save_safetensors(TTSR(TINY), path)
+        path.write_bytes(path.read_bytes()[:1000])
+    elif kind == "pickled code":
+        with open(path, "wb") as fh:
+            pickle.dump({"x": Exploit(folder / "pwned")}, fh)
+    else:
+        torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("notes", "not a weights file (neither a PyTorch checkpoint nor safetensors)"),
+        ("truncated", "a truncated PyTorch checkpoint"),
+        ("truncated safetensors", "truncated or damaged"),
+        ("pickled code", "refused: it holds Python code or objects"),
+        ("another network", "not a checkpoint of a known network"),
+    ],
+)
+def test_every_weights_failure_is_said_in_words(tmp_path: Path, kind: str, words: str) -> None:
+    weights = _weights_file(kind, tmp_path)
+    photo = save_png(tmp_path / "photo.png", sample_image("astronaut", (24, 24)))
+    result = run_cli("upscale", photo, "--weights", weights, "-o", tmp_path / "out.png")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {weights}: "), result.stderr
+    assert words in lines[0]
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_a_file_that_is_not_a_ttsr_checkpoint(tmp_path: Path) -> None:

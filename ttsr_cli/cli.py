@@ -55,7 +55,8 @@ PrecisionOption = Annotated[
 
 app = typer.Typer(
     name="ttsr",
-    help="Reference-based x4 super-resolution with the Texture Transformer Network (TTSR).",
+    help="Image super-resolution: TTSR borrows texture from a sharper reference photo, CSNLN "
+    "from the image itself. Runs offline with the bundled model.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -123,12 +124,16 @@ def upscale(
             help="Checkpoint of any family: the authors' .pt (TTSR.pt, TTSR-rec.pt, CSNLN "
             "model_x4.pt) or a ttsr .safetensors, a local file or "
             "hf://OWNER/REPO/FILE\\[@REVISION]. The network and its configuration are "
-            "read from the file.",
+            "read from the file. Without it and --model: the bundled model, ttsr.",
         ),
     ] = None,
     model: Annotated[
         str | None,
-        typer.Option("--model", "-m", help="A named model instead of --weights (see ttsr models)."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="A named model instead of --weights (see ttsr models; default: the bundled ttsr).",
+        ),
     ] = None,
     output: Annotated[
         Path | None,

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,11 @@ _WRAPPER_KEYS = ("state_dict", "model", "params", "params_ema")
 #: Extensions of files that hold pictures, not weights: named in the error instead of a
 #: decoder's complaint about their bytes.
 _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+#: First bytes of PyTorch's two formats: a zip archive, and the legacy pickle (protocol >= 2).
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"
+#: How ``torch.load(weights_only=True)`` names what it refused to unpickle.
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
 def read_checkpoint(path: Path) -> tuple[StateDict, dict[str, str]]:
@@ -56,21 +63,42 @@ def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:
             metadata = dict(fh.metadata() or {})
             return {k: fh.get_tensor(k) for k in fh.keys()}, metadata  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise TTSRError(f"{path}: not a readable safetensors file ({first_line(exc)})") from None
+        raise TTSRError(
+            f"{path}: not a safetensors file, or a truncated or damaged one ({first_line(exc)})"
+        ) from None
+
+
+def _check_torch_container(path: Path) -> None:
+    """Name what a ``.pt`` that is not one is, in words, before ``torch.load`` complains in
+    its own: PyTorch writes a zip archive (since 1.6) or, before, a pickle."""
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if head.startswith(_ZIP_MAGIC):
+        if not zipfile.is_zipfile(path):
+            raise TTSRError(f"{path}: a truncated PyTorch checkpoint (its zip index is missing)")
+        return
+    if not head.startswith(_PICKLE_MAGIC):
+        raise TTSRError(
+            f"{path}: not a weights file (neither a PyTorch checkpoint nor safetensors)"
+        )
 
 
 def _read_torch(path: Path) -> tuple[StateDict, dict[str, str]]:
     """The tensors, and as metadata the ``config`` (and ``arch``) that ``ttsr train``
     checkpoints carry beside their ``model`` (what shapes cannot tell, e.g. ``global_skip``)."""
+    _check_torch_container(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise TTSRError(
-            f"{path}: not a PyTorch checkpoint of plain tensors (damaged, or it holds other "
-            "objects, which are never unpickled)"
-        ) from None
-    except Exception as exc:  # arbitrary bytes make torch.load raise almost anything
-        raise TTSRError(f"{path}: not a readable PyTorch checkpoint ({first_line(exc)})") from None
+    except pickle.UnpicklingError as exc:
+        found = _UNSUPPORTED_GLOBAL.search(str(exc))
+        if found:
+            raise TTSRError(
+                f"{path}: refused: it holds Python code or objects ({found.group(1)}), which "
+                "are never unpickled; a weights file holds tensors only"
+            ) from None
+        raise TTSRError(f"{path}: a damaged PyTorch checkpoint ({first_line(exc)})") from None
+    except Exception as exc:  # damaged bytes make torch.load raise almost anything
+        raise TTSRError(f"{path}: a damaged PyTorch checkpoint ({first_line(exc)})") from None
     if not isinstance(obj, Mapping):
         raise TTSRError(f"{path}: expected a state dict, found {type(obj).__name__}")
     metadata = {}
