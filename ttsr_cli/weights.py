@@ -14,9 +14,11 @@ its configuration read off tensor shapes, so no flags are needed; loading is str
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
-import re
+import pickletools
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,8 +44,8 @@ _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", 
 #: First bytes of PyTorch's two formats: a zip archive, and the legacy pickle (protocol >= 2).
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_MAGIC = b"\x80"
-#: How ``torch.load(weights_only=True)`` names what it refused to unpickle.
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+#: What a checkpoint of tensors imports when unpickled; anything else is code or objects.
+_TENSOR_GLOBALS = ("torch.", "collections.OrderedDict")
 
 
 def read_checkpoint(path: Path) -> tuple[StateDict, dict[str, str]]:
@@ -68,6 +70,31 @@ def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:
         ) from None
 
 
+def _pickled_globals(path: Path) -> list[str]:
+    """The names the pickles in ``path`` would import, read as opcodes and never run (the
+    legacy format is several pickles in a row; a zip holds one, ``data.pkl``)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            stream = io.BytesIO(archive.read(pickles[0]) if pickles else b"")
+    else:
+        stream = io.BytesIO(path.read_bytes())
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        while stream.tell() < len(stream.getbuffer()):
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name == "GLOBAL":
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(".".join(strings[-2:]))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except (ValueError, EOFError):  # damaged bytes: what was read so far is what we know
+        pass
+    return names
+
+
 def _check_torch_container(path: Path) -> None:
     """Name what a ``.pt`` that is not one is, in words, before ``torch.load`` complains in
     its own: PyTorch writes a zip archive (since 1.6) or, before, a pickle."""
@@ -88,13 +115,15 @@ def _read_torch(path: Path) -> tuple[StateDict, dict[str, str]]:
     checkpoints carry beside their ``model`` (what shapes cannot tell, e.g. ``global_skip``)."""
     _check_torch_container(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # its notes on pickle protocols are not the user's
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = _UNSUPPORTED_GLOBAL.search(str(exc))
-        if found:
+        foreign = [name for name in _pickled_globals(path) if not name.startswith(_TENSOR_GLOBALS)]
+        if foreign:
             raise TTSRError(
-                f"{path}: refused: it holds Python code or objects ({found.group(1)}), which "
-                "are never unpickled; a weights file holds tensors only"
+                f"{path}: refused: it holds Python code or objects ({', '.join(foreign[:3])}), "
+                "which are never unpickled; a weights file holds tensors only"
             ) from None
         raise TTSRError(f"{path}: a damaged PyTorch checkpoint ({first_line(exc)})") from None
     except Exception as exc:  # damaged bytes make torch.load raise almost anything
