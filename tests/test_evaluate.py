@@ -55,7 +55,11 @@ def evaluate_json(*args: str | Path) -> dict:
 
 @pytest.mark.parametrize(
     ("name", "psnr", "ssim"),
-    [("Set5", 28.429, 0.8110), ("Set14", 25.857, 0.7057), ("Urban100", 23.133, 0.6592)],
+    [
+        ("Set5", 28.429, 0.8110),
+        ("Set14", 25.857, 0.7057),
+        pytest.param("Urban100", 23.133, 0.6592, marks=pytest.mark.slow),  # 100 large images
+    ],
 )
 def test_published_bicubic_baselines(name: str, psnr: float, ssim: float) -> None:
     data_dir = require_dataset(name)
