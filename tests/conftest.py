@@ -63,12 +63,6 @@ def sample_image(name: str = "astronaut", size: tuple[int, int] | None = None) -
     return image
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR of two 8-bit images (in float64: uint8 differences would wrap)."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 def save_png(path: Path, array: np.ndarray) -> Path:
     Image.fromarray(array).save(path)
     return path

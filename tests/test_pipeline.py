@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import BUNDLED, psnr, sample_image
+from conftest import BUNDLED, sample_image
 from ttsr_cli.errors import InputError
 from ttsr_cli.imageio import ImageData
+from ttsr_cli.metrics import psnr_rgb
 from ttsr_cli.pixels import reference_pair, resize_bicubic, to_image, to_tensor
 from ttsr_cli.run.ttsr import (
     REFERENCE_SHARE,
@@ -137,7 +138,7 @@ def test_bf16_stays_close_to_fp32_and_really_runs_in_bf16() -> None:
     assert next(model.parameters()).dtype == torch.float32
     moved = np.abs(full.astype(int) - half.astype(int))
     assert 0 < moved.max() <= 3  # bf16 did run, and stayed close
-    assert psnr(half, full) >= 56
+    assert psnr_rgb(half, full) >= 56
 
 
 def test_reference_cache_encodes_once_and_forgets_after_last_use(

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import BUNDLED, psnr, sample_image
+from conftest import BUNDLED, sample_image
 from ttsr_cli.devices import SEARCH_BUDGET_CAP, SEARCH_BUDGET_FLOOR, search_budget_within
+from ttsr_cli.metrics import psnr_rgb
 from ttsr_cli.run.ttsr import TTSRRunner
 from ttsr_cli.tiles import (
     COARSE_FLOOR,
@@ -131,7 +132,7 @@ def test_a_small_budget_tiles_and_tiles_are_seamless(tiny_model) -> None:
     assert result.tiles == 9 and seen == [(i, 18) for i in range(1, 19)]
     # Measured: 88.8 dB, 26 of 75,600 values one level apart, where the budgeted search's
     # bands round differently; with zero margins 49.0 dB.
-    assert psnr(result.sr, expected.sr) >= 80
+    assert psnr_rgb(result.sr, expected.sr) >= 80
     assert np.abs(result.sr.astype(int) - expected.sr.astype(int)).max() <= 1
     assert (result.source == expected.source).mean() > 0.99
     np.testing.assert_allclose(result.attention, expected.attention, atol=1e-3)

@@ -12,7 +12,7 @@ import torch
 from hub_server import fake_hub
 from safetensors.torch import save_file
 
-from conftest import sample_image, save_png
+from conftest import run_cli, sample_image, save_png
 from ttsr_cli.archs.ttsr.lte import LTE
 from ttsr_cli.archs.vgg import VGG19Relu5
 from ttsr_cli.errors import TTSRError
@@ -58,32 +58,22 @@ def test_download_then_offline_from_the_cache(vgg_bytes: bytes, tmp_path: Path) 
     assert offline.returncode == 0, offline.stderr
 
 
-def train_needing_vgg(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``ttsr train --preset gan`` (its perceptual loss needs VGG19) in a fresh process."""
+# Offline with a cold cache (exit 2, what to do): in test_train.py,
+# test_offline_perceptual_training_fails_with_a_clear_message.
+
+
+def test_missing_file_fails_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ttsr train --preset gan`` (its perceptual loss needs VGG19) against a Hub without it."""
     photos = tmp_path / "photos"
-    photos.mkdir(exist_ok=True)
+    photos.mkdir()
     save_png(photos / "a.png", sample_image("astronaut", (96, 96)))
-    args = ["train", "--data", photos, "--out", tmp_path / "run", "--steps", "1"]
-    args += ["--preset", "gan", "--config", "tiny", "--batch-size", "1", "--device", "cpu"]
-    return subprocess.run(
-        [sys.executable, "-m", "ttsr_cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=120,
-    )
-
-
-def test_offline_with_a_cold_cache_says_what_to_do(tmp_path: Path) -> None:
-    result = train_needing_vgg(tmp_path, {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 2
-    assert "--lte-init random" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_missing_file_fails_with_one_line(tmp_path: Path) -> None:
+    args = ("--preset", "gan", "--config", "tiny", "--batch-size", "1", "--device", "cpu")
     with fake_hub() as hub:
-        env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": hub.url}
-        result = train_needing_vgg(tmp_path, env)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        result = run_cli(
+            "train", "--data", photos, "--out", tmp_path / "run", "--steps", "1", *args
+        )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "could not download" in errors[0], result.stderr

@@ -259,8 +259,9 @@ def select_shard(sources: list[Source], shard: str | None) -> list[Source]:
 def plan(
     sources: Sequence[Source], outputs: OutputOptions, references: ReferenceOptions
 ) -> list[Job]:
-    """Destination and references for every input; options are checked here (exit 2)."""
-    check_outputs(sources, outputs)
+    """Destination and references for every input; options are checked here (exit 2).
+    That the folders can take files is :func:`check_outputs`'s, before the model loads."""
+    _check_output_options(sources, outputs)
     to_folder = _writes_to_folder(outputs.target, len(sources))
     chooser = _reference_chooser(references)
     inputs = {s.path.resolve() for s in sources}
@@ -282,15 +283,16 @@ def plan(
 def check_outputs(sources: Sequence[Source], outputs: OutputOptions) -> None:
     """Everything about the outputs that can be known before any work (exit 2): the
     options, and that every folder to be written can take files."""
-    if not sources:
-        raise TTSRError("no input images found")
-    _check_output_options(outputs, len(sources))
+    _check_output_options(sources, outputs)
     to_folder = _writes_to_folder(outputs.target, len(sources))
     folders = [_destination(source, outputs, to_folder).parent for source in sources]
     require_writable([*folders, outputs.extras.attention_dir])
 
 
-def _check_output_options(outputs: OutputOptions, count: int) -> None:
+def _check_output_options(sources: Sequence[Source], outputs: OutputOptions) -> None:
+    if not sources:
+        raise TTSRError("no input images found")
+    count = len(sources)
     if outputs.fmt is not None and outputs.fmt not in (*FORMATS, "same"):
         raise TTSRError(f"unknown --format '{outputs.fmt}' (use png, jpg, webp, tiff or same)")
     if not 1 <= outputs.quality <= 100:

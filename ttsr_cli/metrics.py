@@ -90,8 +90,10 @@ def psnr_y(sr: np.ndarray, hr: np.ndarray) -> float:
 
 
 def psnr_rgb(sr: np.ndarray, hr: np.ndarray) -> float:
-    """PSNR over all three channels, values in [0, 1] units."""
-    return _psnr_from_mse(float(np.mean(((sr - hr) / 255.0) ** 2)))
+    """PSNR over all three channels, values in [0, 1] units (computed in float64, so 8-bit
+    arrays may be passed as they are: their differences would wrap)."""
+    diff = (np.asarray(sr, np.float64) - np.asarray(hr, np.float64)) / 255.0
+    return _psnr_from_mse(float(np.mean(diff**2)))
 
 
 def _psnr_from_mse(mse: float) -> float:

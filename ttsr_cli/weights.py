@@ -76,13 +76,14 @@ def _pickled_globals(path: Path) -> list[str]:
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-            stream = io.BytesIO(archive.read(pickles[0]) if pickles else b"")
+            data = archive.read(pickles[0]) if pickles else b""
     else:
-        stream = io.BytesIO(path.read_bytes())
+        data = path.read_bytes()
+    stream = io.BytesIO(data)
     names: list[str] = []
     strings: list[str] = []
     try:
-        while stream.tell() < len(stream.getbuffer()):
+        while stream.tell() < len(data):
             for op, arg, _ in pickletools.genops(stream):
                 if op.name == "GLOBAL":
                     names.append(str(arg).replace(" ", "."))

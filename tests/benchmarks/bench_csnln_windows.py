@@ -76,7 +76,7 @@ def measure(runners: dict[str, CSNLNRunner], paths: list[Path], crop: int) -> di
             if exact is None:
                 exact = sr
             else:
-                sums[name]["agree"].append(psnr_rgb(sr.astype(np.float64), exact))
+                sums[name]["agree"].append(psnr_rgb(sr, exact))
             result = score(sr, hr, "sisr", scale)
             sums[name]["psnr"].append(result.psnr)
             sums[name]["ssim"].append(result.ssim)
