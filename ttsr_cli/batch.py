@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -101,7 +102,7 @@ class Result:
     seconds: float = 0.0
     size: tuple[int, int] | None = None
     tiles: int = 1
-    mode: dict[str, str] | None = None
+    mode: dict[str, Any] | None = None
     traceback: str | None = field(default=None, repr=False)
     references: tuple[Path, ...] = ()
     relevance: float | None = None
@@ -286,7 +287,7 @@ def check_outputs(sources: Sequence[Source], outputs: OutputOptions) -> None:
     _check_output_options(sources, outputs)
     to_folder = _writes_to_folder(outputs.target, len(sources))
     folders = [_destination(source, outputs, to_folder).parent for source in sources]
-    require_writable([*folders, outputs.extras.attention_dir])
+    require_writable([*folders, outputs.extras.attention_dir, outputs.extras.steps_dir])
 
 
 def _check_output_options(sources: Sequence[Source], outputs: OutputOptions) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -53,6 +54,70 @@ PrecisionOption = Annotated[
     str, typer.Option(help="auto (fp16 on CUDA, else fp32), fp32, fp16 or bf16.")
 ]
 
+#: Options upscale and restore share (the same meaning in both), declared once.
+ImagesArgument = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Images, folders or quoted globs (any format Pillow reads).", show_default=False
+    ),
+]
+OutputOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Output file for one input; a folder (created) for several or if it has no "
+        "extension. Default: beside each input.",
+    ),
+]
+SuffixOption = Annotated[str, typer.Option(help="Added to each input's stem to name its output.")]
+FormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        help="png, jpg, webp, tiff, or same (the input's) for generated names [default: png].",
+        show_default=False,
+    ),
+]
+QualityOption = Annotated[int, typer.Option(help="JPEG/WebP quality, 1-100.")]
+SkipExistingOption = Annotated[
+    bool, typer.Option("--skip-existing", help="Leave outputs that already exist.")
+]
+RecursiveOption = Annotated[
+    bool, typer.Option("--recursive", "-R", help="Descend into sub-folders of folder inputs.")
+]
+ShardOption = Annotated[
+    str | None,
+    typer.Option(help="K/N: process only every N-th input from the K-th (sorted order)."),
+]
+TileOption = Annotated[
+    int | None,
+    typer.Option(
+        min=8,
+        help="Force tiles (CSNLN: attention windows) of this many input pixels a side "
+        "(default: by budget).",
+    ),
+]
+CompareOption = Annotated[
+    bool,
+    typer.Option(
+        "--compare",
+        help="Write STEM_compare.png beside the output, STEM the output's: the input "
+        "(bicubic when upscaling) | the result | the reference crop (TTSR).",
+    ),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object with every result on stdout.")
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+VerboseOption = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Print a line for every image written.")
+]
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="A named model instead of --weights (see ttsr models)."),
+]
+
 app = typer.Typer(
     name="ttsr",
     help="Image super-resolution: TTSR borrows texture from a sharper reference photo, CSNLN "
@@ -82,13 +147,7 @@ def root(
 
 @app.command()
 def upscale(
-    images: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Images, folders or quoted globs to upscale (any format Pillow reads).",
-            show_default=False,
-        ),
-    ],
+    images: ImagesArgument,
     ref: Annotated[
         list[Path] | None,
         typer.Option(
@@ -127,56 +186,18 @@ def upscale(
             "read from the file. Without it and --model: the bundled model, ttsr.",
         ),
     ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help="A named model instead of --weights (see ttsr models; default: the bundled ttsr).",
-        ),
-    ] = None,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output",
-            "-o",
-            help="Output file for one input; a folder (created) for several or if it has no "
-            "extension. Default: beside each input.",
-        ),
-    ] = None,
-    suffix: Annotated[
-        str, typer.Option(help="Added to each input's stem to name its output.")
-    ] = DEFAULT_SUFFIX,
-    output_format: Annotated[
-        str | None,
-        typer.Option(
-            "--format",
-            help="png, jpg, webp, tiff, or same (the input's) for generated names [default: png].",
-            show_default=False,
-        ),
-    ] = None,
-    quality: Annotated[int, typer.Option(help="JPEG/WebP quality, 1-100.")] = 95,
-    skip_existing: Annotated[
-        bool, typer.Option("--skip-existing", help="Leave outputs that already exist.")
-    ] = False,
-    recursive: Annotated[
-        bool, typer.Option("--recursive", "-R", help="Descend into sub-folders of folder inputs.")
-    ] = False,
-    shard: Annotated[
-        str | None,
-        typer.Option(help="K/N: process only every N-th input from the K-th (sorted order)."),
-    ] = None,
+    model: ModelOption = None,
+    output: OutputOption = None,
+    suffix: SuffixOption = DEFAULT_SUFFIX,
+    output_format: FormatOption = None,
+    quality: QualityOption = 95,
+    skip_existing: SkipExistingOption = False,
+    recursive: RecursiveOption = False,
+    shard: ShardOption = None,
     device: DeviceOption = "auto",
     precision: PrecisionOption = "auto",
     max_memory: MaxMemoryOption = None,
-    tile: Annotated[
-        int | None,
-        typer.Option(
-            min=8,
-            help="Force tiles (CSNLN: attention windows) of this many LR pixels a side "
-            "(default: by budget).",
-        ),
-    ] = None,
+    tile: TileOption = None,
     search: SearchOption = "auto",
     attention: AttentionOption = "auto",
     outscale: Annotated[
@@ -191,21 +212,10 @@ def upscale(
             help="Folder for STEM_attention.png and STEM_source.png maps, STEM the output's (TTSR)."
         ),
     ] = None,
-    compare: Annotated[
-        bool,
-        typer.Option(
-            "--compare",
-            help="Write STEM_compare.png beside the output, STEM the output's: bicubic | "
-            "model | reference crop.",
-        ),
-    ] = False,
-    json_output: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object with every result on stdout.")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Print a line for every image written.")
-    ] = False,
+    compare: CompareOption = False,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Upscale images with the bundled model or any loaded one: TTSR borrows texture from
@@ -232,19 +242,106 @@ def upscale(
         jobs = batch.plan(sources, outputs, references)
         warnings = batch.check_references(jobs, runner.descriptor.scale)
         report = _Report(len(jobs), quiet, verbose, debug, str(settings.device), warnings)
-        runner.on_tile = report.tile
-        with report:
-            results = batch.run(runner, jobs, outputs, report.add)
-        report.finish(results, time.perf_counter() - start, json_output)
-        if any(r.status == "error" for r in results):
-            raise typer.Exit(1)
+        _run_jobs(runner, jobs, outputs, report, start, json_output)
+
+
+def _run_jobs(
+    runner: run.Runner,
+    jobs: list[batch.Job],
+    outputs: batch.OutputOptions,
+    report: _Report,
+    start: float,
+    json_output: bool,
+) -> None:
+    """Run a planned batch under its report; exit 1 when any input failed."""
+    runner.on_tile = report.tile
+    with report:
+        results = batch.run(runner, jobs, outputs, report.add)
+    report.finish(results, time.perf_counter() - start, json_output)
+    if any(r.status == "error" for r in results):
+        raise typer.Exit(1)
+
+
+#: Added to each input's stem to name what ``restore`` writes.
+RESTORED_SUFFIX = "_restored"
+
+
+@app.command()
+def restore(
+    images: ImagesArgument,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            "--weights",
+            "-w",
+            help="An RL-Restore model: a ttsr .safetensors (the authors' TensorFlow "
+            "checkpoints converted with ttsr convert), a local file or "
+            "hf://OWNER/REPO/FILE\\[@REVISION]. Without it and --model: the bundled one.",
+        ),
+    ] = None,
+    model: ModelOption = None,
+    output: OutputOption = None,
+    suffix: SuffixOption = RESTORED_SUFFIX,
+    output_format: FormatOption = None,
+    quality: QualityOption = 95,
+    skip_existing: SkipExistingOption = False,
+    recursive: RecursiveOption = False,
+    shard: ShardOption = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(min=1, help="The most tools applied to an image [default: the model's, 3]."),
+    ] = None,
+    save_steps: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for every intermediate image, STEM_stepK_toolNN.png, STEM the output's."
+        ),
+    ] = None,
+    device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
+    max_memory: MaxMemoryOption = None,
+    tile: TileOption = None,
+    compare: CompareOption = False,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    verbose: VerboseOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Restore photos damaged by blur, noise and JPEG with RL-Restore: an agent picks, step
+    by step, which of its small restoration networks to apply next, or to stop.
+
+    Example: [bold]ttsr restore photo.jpg -o photo_restored.png[/] (the bundled model)
+
+    --json gives each image's "tools" (1-based, in the order applied) and each step's
+    "votes" (one count per tool, then stop). Exit codes as for upscale.
+    """
+    with reported_errors(debug):
+        start = time.perf_counter()
+        settings = run.settings(device, precision, max_memory, tile, max_steps=max_steps)
+        settings = replace(settings, keep_steps=save_steps is not None)
+        extras = UpscaleOptions(compare=compare, steps_dir=save_steps)
+        outputs = batch.OutputOptions(output, suffix, output_format, quality, skip_existing, extras)
+        shard = shard or batch.torchrun_shard()
+        sources = batch.select_shard(batch.collect_inputs(images, recursive, suffix), shard)
+        batch.check_outputs(sources, outputs)
+        runner = run.load_runner(model, weights, settings, "rl-restore", purpose="restore")
+        jobs = batch.plan(sources, outputs, batch.ReferenceOptions())
+        report = _Report(len(jobs), quiet, verbose, debug, str(settings.device), [], "restoring")
+        _run_jobs(runner, jobs, outputs, report, start, json_output)
 
 
 class _Report:
     """Progress bar and per-image lines on stderr while a batch runs, summary or JSON after."""
 
     def __init__(
-        self, total: int, quiet: bool, verbose: bool, debug: bool, device: str, warnings: list[str]
+        self,
+        total: int,
+        quiet: bool,
+        verbose: bool,
+        debug: bool,
+        device: str,
+        warnings: list[str],
+        doing: str = "upscaling",
     ) -> None:
         self.single = total == 1
         self.quiet, self.verbose, self.debug, self.device = quiet, verbose, debug, device
@@ -258,7 +355,7 @@ class _Report:
             console=stderr,
             disable=not show_bar,
         )
-        self.task = self.progress.add_task("upscaling", total=total)
+        self.task = self.progress.add_task(doing, total=total)
         self.tiles = self.progress.add_task("tiles", total=None, visible=False)
 
     def __enter__(self) -> _Report:
@@ -290,6 +387,8 @@ class _Report:
             mode = result.mode or {}
             notes += ["fast search"] if mode.get("search") == "fast" else []
             notes += [f"{mode['attention']} attention"] if "attention" in mode else []
+            if "tools" in mode:
+                notes += [f"tools {', '.join(map(str, mode['tools'])) or 'none'}"]
             detail = f" ({', '.join(notes)})" if notes else ""
             line = f"{result.status}: {result.input} -> {result.output}{detail}"
             stderr.print(line, markup=False)
@@ -315,6 +414,44 @@ class _Report:
                 f"in {seconds:.1f} s on {self.device}",
                 markup=False,
             )
+
+
+@app.command()
+def convert(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A checkpoint ttsr loads (.pt, .pth, .safetensors), or the RL-Restore "
+            "authors' TensorFlow folder (toolbox/ and models/, as in their repository; "
+            "TensorFlow is not needed).",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="The .safetensors file to write.")
+    ] = ...,  # type: ignore[assignment]
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print what was written as one JSON object.")
+    ] = False,
+    debug: DebugOption = False,
+) -> None:
+    """Re-save a checkpoint as ttsr's safetensors, the network and its configuration in its
+    metadata; nothing in a checkpoint is ever run.
+
+    Example: [bold]ttsr convert RL-Restore/ -o rl-restore-authors.safetensors[/]
+    """
+    from ttsr_cli.convert import convert as convert_checkpoint
+
+    with reported_errors(debug):
+        require_writable([output.parent])
+        descriptor = convert_checkpoint(source, output)
+    if json_output:
+        typer.echo(json.dumps({"output": str(output), **descriptor.to_dict()}))
+    else:
+        stderr.print(
+            f"wrote {output}: {descriptor.family}, {descriptor.parameters:,} parameters",
+            markup=False,
+        )
 
 
 @app.command()

@@ -8,7 +8,7 @@ leaves a truncated one.  A batch is a loop over :func:`upscale_file`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,15 @@ class UpscaleOptions:
 
     ``outscale``: final scale (the model's result resized with Lanczos); ``attention_dir``:
     folder for ``STEM_attention.png`` and ``STEM_source.png`` (models with a reference
-    search); ``compare``: ``STEM_compare.png`` beside the output.  STEM is the output's, so
-    runs to different outputs never overwrite each other's pictures.
+    search); ``compare``: ``STEM_compare.png`` beside the output; ``steps_dir``: folder for
+    ``STEM_stepK_toolNN.png``, the image after each tool (RL-Restore).  STEM is the
+    output's, so runs to different outputs never overwrite each other's pictures.
     """
 
     outscale: float | None = None
     attention_dir: Path | None = None
     compare: bool = False
+    steps_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class Written:
 
     size: tuple[int, int]
     tiles: int
-    mode: dict[str, str]
+    mode: dict[str, Any]
     relevance: float | None = None
     warnings: tuple[str, ...] = ()
 
@@ -69,9 +71,12 @@ def upscale_file(
     write_image(destination, sr, quality)
     if options.attention_dir is not None and result.attention is not None:
         _write_maps(options.attention_dir, destination.stem, result, sr.size)
+    if options.steps_dir is not None:
+        _write_steps(options.steps_dir, destination.stem, image, result)
     if options.compare:
         scale = runner.descriptor.scale
-        panels = [("bicubic", _bicubic(image.rgb, scale)), (runner.descriptor.family, result.sr)]
+        first = ("bicubic", _bicubic(image.rgb, scale)) if scale > 1 else ("input", image.rgb)
+        panels = [first, (runner.descriptor.family, result.sr)]
         if runner.descriptor.takes_reference:
             window = _compare_reference(image.rgb, reference_paths, result, scale)
             panels.append(("reference", window))
@@ -84,6 +89,15 @@ def _write_maps(folder: Path, stem: str, result: Upscaled, size: tuple[int, int]
     assert result.attention is not None and result.source is not None
     _write_png(folder / f"{stem}_attention.png", attention_picture(result.attention, size))
     _write_png(folder / f"{stem}_source.png", source_picture(result.source, result.grids, size))
+
+
+def _write_steps(folder: Path, stem: str, image: ImageData, result: Upscaled) -> None:
+    """Each step's image at the input's depth, with its alpha, named by step and tool."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, (tool, step) in enumerate(
+        zip(result.mode["tools"], result.steps, strict=True), start=1
+    ):
+        write_image(folder / f"{stem}_step{number}_tool{tool:02d}.png", replace(image, rgb=step))
 
 
 def _bicubic(lr: np.ndarray, scale: int) -> np.ndarray:

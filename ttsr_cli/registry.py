@@ -78,11 +78,18 @@ class Model:
 
 @dataclass(frozen=True)
 class Registry:
-    """The models by name, the default's name, and the folder holding bundled files and cards."""
+    """The models by name, the default's name, and the folder holding bundled files and
+    cards.  ``default_restore``: the model ``ttsr restore`` (and ``upscale --restore auto``)
+    uses when none is named; empty while no restoration model is bundled."""
 
     default: str
     models: dict[str, Model]
     root: Path
+    default_restore: str = ""
+
+    def default_for(self, purpose: str) -> str:
+        """The default model's name for ``upscale`` or ``restore``."""
+        return self.default_restore if purpose == "restore" else self.default
 
     def get(self, name: str) -> Model:
         if name not in self.models:
@@ -117,10 +124,11 @@ def load_registry(path: Path | None = None) -> Registry:
             raise TTSRError(f"{path}: model '{name}': missing field {exc.args[0]!r}") from None
         except (TypeError, ValueError, AttributeError) as exc:
             raise TTSRError(f"{path}: model '{name}': {exc}") from None
-    default = data.get("default", "")
-    if default in models and models[default].file is None:
-        raise TTSRError(f"{path}: the default model '{default}' must be bundled, not on the Hub")
-    return Registry(default, models, path.parent)
+    defaults = {key: data.get(key, "") for key in ("default", "default_restore")}
+    for key, name in defaults.items():
+        if name in models and models[name].file is None:
+            raise TTSRError(f"{path}: the {key} model '{name}' must be bundled, not on the Hub")
+    return Registry(defaults["default"], models, path.parent, defaults["default_restore"])
 
 
 def _parse_model(name: str, table: dict[str, Any]) -> Model:
@@ -150,9 +158,12 @@ def _parse_model(name: str, table: dict[str, Any]) -> Model:
     )
 
 
-def resolve(model: str | None = None, weights: str | Path | None = None) -> Path:
+def resolve(
+    model: str | None = None, weights: str | Path | None = None, purpose: str = "upscale"
+) -> Path:
     """The local weights file for ``--model`` or ``--weights`` (a path or an ``hf://`` URL),
-    or for the bundled default when neither is given; downloads and checks as needed."""
+    or for the bundled default for ``purpose`` (upscale, restore) when neither is given;
+    downloads and checks as needed."""
     if model and weights:
         raise TTSRError("pass either --model or --weights, not both")
     if weights is not None:
@@ -161,23 +172,27 @@ def resolve(model: str | None = None, weights: str | Path | None = None) -> Path
     registry = load_registry()
     if model:
         return fetch(registry, registry.get(model))
-    return _default(registry)
+    return _default(registry, purpose)
 
 
-def entry(model: str | None = None, weights: str | Path | None = None) -> Model | None:
+def entry(
+    model: str | None = None, weights: str | Path | None = None, purpose: str = "upscale"
+) -> Model | None:
     """The registry entry :func:`resolve` uses for these options (None for ``--weights``)."""
     if weights is not None:
         return None
     registry = load_registry()
-    return registry.get(model) if model else registry.models.get(registry.default)
+    return registry.get(model) if model else registry.models.get(registry.default_for(purpose))
 
 
-def chosen_name(model: str | None = None, weights: str | Path | None = None) -> str:
+def chosen_name(
+    model: str | None = None, weights: str | Path | None = None, purpose: str = "upscale"
+) -> str:
     """How reports name the model these options run: ``--model``, ``--weights``, or the
     registry's default, said to be the default (a user who named none should know)."""
     if weights is not None:
         return str(weights)
-    return model or f"{load_registry().default} (the bundled default)"
+    return model or f"{load_registry().default_for(purpose)} (the bundled default)"
 
 
 def check_loaded(entry: Model, family: str, scale: int) -> None:
@@ -190,11 +205,17 @@ def check_loaded(entry: Model, family: str, scale: int) -> None:
         )
 
 
-def _default(registry: Registry) -> Path:
-    entry = registry.models.get(registry.default)
+def _default(registry: Registry, purpose: str) -> Path:
+    name = registry.default_for(purpose)
+    entry = registry.models.get(name)
+    if purpose == "restore" and entry is None:
+        raise TTSRError(
+            "no restoration model is bundled yet: pass --weights FILE (the authors' "
+            "checkpoints converted with ttsr convert) or --model NAME (ttsr models lists them)"
+        )
     if entry is None or not (registry.root / str(entry.file)).is_file():
         raise TTSRError(
-            f"the default model '{registry.default}' is not in {registry.root}: pass "
+            f"the default model '{name}' is not in {registry.root}: pass "
             "--weights FILE (e.g. TTSR.pt), --weights hf://OWNER/REPO/FILE, or --model NAME "
             "(ttsr models lists them)"
         )
@@ -324,4 +345,8 @@ def describe(registry: Registry) -> dict[str, Any]:
                 "published": entry.published,
             }
         )
-    return {"default": registry.default, "models": rows}
+    return {
+        "default": registry.default,
+        "default_restore": registry.default_restore or None,
+        "models": rows,
+    }

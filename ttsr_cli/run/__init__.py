@@ -19,6 +19,7 @@ def settings(
     tile: int | None = None,
     search: str = "auto",
     attention: str = "auto",
+    max_steps: int | None = None,
 ) -> RunSettings:
     """:class:`RunSettings` from the command line's words (``--device cuda``,
     ``--max-memory 2GB``): every command that runs a model reads them the same way."""
@@ -30,16 +31,27 @@ def settings(
         tile=tile,
         search=search,
         attention=attention,
+        max_steps=max_steps,
     )
 
 
 def load_runner(
-    model: str | None, weights_file: str | None, run: RunSettings, expect: str | None = None
+    model: str | None,
+    weights_file: str | None,
+    run: RunSettings,
+    expect: str | None = None,
+    purpose: str = "upscale",
 ) -> Runner:
-    """The runner of ``--model NAME`` or ``--weights FILE`` (the bundled default without
-    either); ``expect``: the family the command needs."""
-    network, descriptor = weights.load(registry.resolve(model, weights_file), expect)
-    named = registry.entry(model, weights_file)
+    """The runner of ``--model NAME`` or ``--weights FILE`` (the bundled default for
+    ``purpose`` without either); ``expect``: the family the command needs."""
+    path = registry.resolve(model, weights_file, purpose)
+    network, descriptor = weights.load(path, expect)
+    if purpose == "upscale" and descriptor.scale == 1:
+        raise TTSRError(
+            f"{path}: a {descriptor.family} model restores at the same size: use ttsr restore, "
+            "or ttsr upscale --restore"
+        )
+    named = registry.entry(model, weights_file, purpose)
     if named is not None:
         registry.check_loaded(named, descriptor.family, descriptor.scale)
     name = next(k for k, v in PRECISIONS.items() if v == run.precision)
@@ -74,6 +86,19 @@ def make_runner(model: nn.Module, descriptor: Descriptor, settings: RunSettings)
             settings.memory_budget,
             settings.tile,
             settings.attention,
+        )
+    if descriptor.family == "rl-restore":
+        from ttsr_cli.run.rlrestore import RLRestoreRunner
+
+        return RLRestoreRunner(
+            model,
+            descriptor,
+            settings.device,
+            settings.precision,
+            settings.memory_budget,
+            settings.tile,
+            settings.max_steps,
+            settings.keep_steps,
         )
     raise ValueError(f"no runner for the {descriptor.family} family")
 

@@ -27,7 +27,9 @@ class RunSettings:
     ``memory_budget``: bytes one image's run may use (``--max-memory``; None: half of what
     is free when the image starts).  ``tile``: force tiles (TTSR) or attention windows
     (CSNLN) of this many LR pixels a side.  ``search``: TTSR's relevance search.
-    ``attention``: CSNLN's attention, exact, windowed or auto.  ``channels_last``: run
+    ``attention``: CSNLN's attention, exact, windowed or auto.  ``max_steps``: the most
+    tools RL-Restore applies (None: the model's own); ``keep_steps``: keep each step's image
+    (``--save-steps``).  ``channels_last``: run
     TTSR's convolutions in NHWC (faster on CPUs and tensor cores; the model is converted in
     place, so a trainer validating its own model passes its layout).
     """
@@ -39,6 +41,8 @@ class RunSettings:
     search: str = "auto"
     attention: str = "auto"
     channels_last: bool = True
+    max_steps: int | None = None
+    keep_steps: bool = False
 
 
 @dataclass
@@ -51,15 +55,17 @@ class Upscaled:
     (soft attention S, ``[h, w]`` at LR resolution), ``source`` (the matched reference
     position per LR position, counted over the references' lv3 ``grids`` concatenated
     row-major).  ``warnings``: what was done that was probably not meant (one line each).
+    RL-Restore only: ``steps``, the image after each tool (when the runner keeps them).
     """
 
     sr: np.ndarray
     tiles: int = 1
-    mode: dict[str, str] = field(default_factory=dict)
+    mode: dict[str, Any] = field(default_factory=dict)
     attention: np.ndarray | None = None
     source: np.ndarray | None = None
     grids: list[tuple[int, int]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    steps: list[np.ndarray] = field(default_factory=list)
 
     @property
     def relevance(self) -> float | None:

@@ -1,0 +1,120 @@
+"""Running RL-Restore on image arrays: the agent chooses, the tools restore, step by step.
+
+Each step the agent looks at the current image's 63x63 views (:mod:`..toolchain`), their
+majority picks a tool or stop, and the tool runs on the whole image.  Nothing is clipped or
+rounded between steps, as in the authors' code: only the final image is.  The tools are
+local (every output pixel depends on the input within ``reach`` pixels), so a tool runs in
+tiles whose margins are at least that reach, which gives exactly the untiled image in
+memory bounded by the budget; the agent always runs in fp32 (its choices are the result).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ttsr_cli.archs.descriptor import Descriptor
+from ttsr_cli.archs.rlrestore.toolchain import views, vote
+from ttsr_cli.devices import default_memory_budget
+from ttsr_cli.errors import TTSRError
+from ttsr_cli.pixels import bit_depth, to_image, to_tensor
+from ttsr_cli.run.common import Progress, Runner, Upscaled, autocast
+from ttsr_cli.tiles import Tile, core_slices, plan_grid, plan_tiles
+
+#: Bytes per pixel of a tool's pass at fp32: the 8-layer tool's widest moment holds two
+#: 64-channel maps and two 32-channel ones (calibrated by peak RSS, rounded up).
+TOOL_PIXEL_BYTES = 800
+#: Bytes per pixel of the whole-image float canvases (current image and the next).
+CANVAS_PIXEL_BYTES = 24
+
+
+class RLRestoreRunner(Runner):
+    """Restores images held as arrays (uint8 or uint16 ``[H, W, 3]``, same type out).
+
+    ``memory_budget`` (bytes) bounds one image's run (None: half of what is free when it
+    starts); ``tile`` forces tool tiles of that many pixels a side; ``max_steps`` caps the
+    chain (None: the model's own, the paper's 3); ``keep_steps`` keeps each step's image.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        descriptor: Descriptor,
+        device: torch.device,
+        precision: torch.dtype = torch.float32,
+        memory_budget: int | None = None,
+        tile: int | None = None,
+        max_steps: int | None = None,
+        keep_steps: bool = False,
+    ) -> None:
+        if max_steps is not None and max_steps < 1:
+            raise TTSRError(f"--max-steps {max_steps}: must be at least 1")
+        self.model = model.to(device).eval()
+        self.descriptor = descriptor
+        self.device, self.precision = device, precision
+        self.memory_budget, self.tile = memory_budget, tile
+        self.max_steps = max_steps or int(descriptor.config["max_steps"])
+        self.keep_steps = keep_steps
+
+    @torch.inference_mode()
+    def upscale_detailed(self, lr: np.ndarray, references: object = None) -> Upscaled:
+        """The restored ``lr`` with the chain that restored it: ``mode["tools"]`` the 1-based
+        tools in the order applied (stop not listed), ``mode["votes"]`` each step's votes
+        (one count per tool, then stop)."""
+        if references:
+            raise TTSRError("RL-Restore takes no reference image")
+        depth = bit_depth(lr)
+        image = to_tensor(lr, self.device, signed=False)
+        stop = self.model.agent.stop
+        seen = views(image)
+        state = self.model.agent.initial_state(seen)
+        tools: list[int] = []
+        votes: list[list[int]] = []
+        steps: list[np.ndarray] = []
+        tiles = 1
+        for _ in range(self.max_steps):
+            q, state = self.model.agent(seen, state)
+            action, counts = vote(q)
+            votes.append(counts)
+            if action == stop:
+                break
+            image, tiles = self.apply_tool(action, image)
+            tools.append(action + 1)
+            if self.keep_steps:
+                steps.append(to_image(image, depth, signed=False))
+            seen = views(image)
+            state = state.after(torch.full((len(seen),), action, device=self.device))
+        mode = {"tools": tools, "votes": votes}
+        return Upscaled(to_image(image, depth, signed=False), tiles, mode, steps=steps)
+
+    def apply_tool(self, action: int, image: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Tool ``action`` on the whole ``image``, in tiles when it does not fit the budget;
+        the result and the number of tiles."""
+        h, w = image.shape[-2:]
+        tiles = self.tiles(h, w)
+        tool = self.model.tools[action]
+        if len(tiles) == 1:
+            with autocast(self.device, self.precision):
+                return tool(image).float(), 1
+        out = torch.empty_like(image)
+        progress = Progress(self.device, self.on_tile, len(tiles))
+        for tile in tiles:
+            rows, cols = tile.read
+            with autocast(self.device, self.precision):
+                restored = tool(image[..., rows, cols]).float()
+            core_rows, core_cols = core_slices(tile)
+            out[..., tile.core[0], tile.core[1]] = restored[..., core_rows, core_cols]
+            progress.step()
+        return out, len(tiles)
+
+    def tiles(self, height: int, width: int) -> list[Tile]:
+        """Tool tiles within the budget, each reading the tools' reach beyond its core."""
+        reach = self.descriptor.tiling.reach
+        if self.tile is not None:
+            return plan_tiles(height, width, self.tile, reach)
+        budget = self.memory_budget or default_memory_budget(self.device)
+        elem = torch.finfo(self.precision).bits // 8
+        per_pixel = TOOL_PIXEL_BYTES * elem // 4
+        spare = budget - height * width * CANVAS_PIXEL_BYTES
+        return plan_grid(height, width, max(1, spare // per_pixel), reach)
