@@ -27,6 +27,16 @@ OFFICIAL = SHARED / "fixtures" / "ttsr-official"
 TINY = TTSRConfig(n_feats=8, num_res_blocks=(1, 1, 1, 1), res_scale=1.0, lte_widths=(8, 16, 32))
 
 
+#: The RL-Restore authors' checkpoints and outputs.
+RL_FIXTURE = SHARED / "fixtures" / "rl-restore-official"
+
+
+def require_rl_fixture() -> Path:
+    if not (RL_FIXTURE / "weights.npz").is_file():
+        pytest.skip(f"RL-Restore fixture not found at {RL_FIXTURE} (../shared is absent)")
+    return RL_FIXTURE
+
+
 def require_official() -> Path:
     if not (OFFICIAL / "state_dict.pt").is_file():
         pytest.skip(f"official TTSR fixture not found at {OFFICIAL} (../shared is absent)")

@@ -1,0 +1,110 @@
+"""``ttsr restore`` and ``ttsr convert`` as a user runs them, with the RL-Restore authors'
+weights (``../shared/fixtures/rl-restore-official``) or a random toolbox."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import require_rl_fixture, run_cli, sample_image, save_png
+from ttsr_cli import archs
+from ttsr_cli.archs.rlrestore import RLRestore, RLRestoreConfig
+from ttsr_cli.archs.rlrestore.load import from_tensorflow
+from ttsr_cli.weights import save_safetensors
+
+
+@pytest.fixture(scope="module")
+def authors_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The authors' variables (as TensorFlow's reader gives them) in our format."""
+    variables = dict(np.load(require_rl_fixture() / "weights.npz"))
+    model, _ = archs.load(from_tensorflow(variables))
+    path = tmp_path_factory.mktemp("rl") / "authors.safetensors"
+    save_safetensors(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random two-tool toolbox: fast, and the chain still runs every code path."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("rl") / "small.safetensors"
+    save_safetensors(RLRestore(RLRestoreConfig(tools=("3-layer", "8-layer"))), path)
+    return path
+
+
+def test_the_whole_image_path_gives_the_authors_chain_and_pixels(
+    authors_weights: Path, tmp_path: Path
+) -> None:
+    parity = np.load(require_rl_fixture() / "parity.npz")
+    source = save_png(tmp_path / "mine.png", parity["whole_input_u8"])
+    out = tmp_path / "out.png"
+    steps = tmp_path / "steps"
+    result = run_cli(
+        "restore", source, "-w", authors_weights, "-o", out, "--json", "--save-steps", steps
+    )
+    assert result.returncode == 0, result.stderr
+    [record] = json.loads(result.stdout)["results"]
+    assert record["tools"] == [2, 12]  # 3:3 tie at step 2 goes to tool 12, not stop
+    assert record["votes"] == parity["whole_votes"].tolist()
+    off = np.abs(np.asarray(Image.open(out)).astype(np.int16) - parity["whole_final_u8"])
+    assert off.max() <= 1 and (off > 0).mean() <= 1e-4
+    assert sorted(p.name for p in steps.iterdir()) == [
+        "out_step1_tool02.png",
+        "out_step2_tool12.png",
+    ]
+    first = np.asarray(Image.open(steps / "out_step1_tool02.png")).astype(np.int16)
+    assert np.abs(first - parity["whole_step1_u8"]).max() <= 1
+
+
+def test_depth_and_alpha_are_kept_and_a_batch_goes_on(small_weights: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rgb = sample_image("coffee", (90, 70))
+    alpha = np.linspace(0, 255, 90 * 70).reshape(70, 90).astype(np.uint8)
+    Image.fromarray(np.dstack([rgb, alpha])).save(photos / "rgba.png")
+    deep = (rgb.astype(np.uint16) * 257)[..., ::-1].copy()
+    cv2.imwrite(str(photos / "deep.png"), deep)  # OpenCV writes 16-bit colour PNGs
+    (photos / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "out"
+    result = run_cli("restore", photos, "-w", small_weights, "-o", out, "--json", "--compare")
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["ok"], summary["failed"]) == (2, 1)
+    assert "broken.png" in result.stderr and "Traceback" not in result.stderr
+    with Image.open(out / "rgba_restored.png") as image:
+        assert image.mode == "RGBA" and image.size == (90, 70)
+        assert np.array_equal(np.asarray(image)[..., 3], alpha)
+    assert cv2.imread(str(out / "deep_restored.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    assert (out / "rgba_restored_compare.png").is_file()
+
+
+def test_max_steps_caps_the_chain(authors_weights: Path, tmp_path: Path) -> None:
+    parity = np.load(require_rl_fixture() / "parity.npz")
+    source = save_png(tmp_path / "mine.png", parity["whole_input_u8"])
+    result = run_cli("restore", source, "-w", authors_weights, "--max-steps", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    [record] = json.loads(result.stdout)["results"]
+    assert record["tools"] == [2] and len(record["votes"]) == 1
+    assert Path(record["output"]).name == "mine_restored.png"
+
+
+def test_models_of_the_wrong_kind_are_refused_in_one_line(
+    small_weights: Path, tiny_weights: Path, tmp_path: Path
+) -> None:
+    photo = save_png(tmp_path / "photo.png", sample_image("coffee", (64, 64)))
+    for args, expected in (
+        (("restore", photo, "-w", tiny_weights), "where a RL-Restore"),
+        (("upscale", photo, "-w", small_weights), "use ttsr restore"),
+        (("restore", photo), "no restoration model is bundled"),
+    ):
+        result = run_cli(*args)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert not (tmp_path / "photo_restored.png").exists()
