@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from conftest import require_rl_fixture, run_cli, sample_image, save_png
 from ttsr_cli import archs
@@ -108,3 +110,69 @@ def test_models_of_the_wrong_kind_are_refused_in_one_line(
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], result.stderr
     assert not (tmp_path / "photo_restored.png").exists()
+
+
+def copy_tensorflow_folder(tmp_path: Path) -> Path:
+    """A writable copy of the authors' ``toolbox/`` and ``models/``."""
+    source = require_rl_fixture() / "tf"
+    target = tmp_path / "RL-Restore"
+    for sub in ("toolbox", "models"):
+        (target / sub).mkdir(parents=True)
+        for path in (source / sub).iterdir():
+            (target / sub / path.name).write_bytes(path.read_bytes())
+    return target
+
+
+def test_convert_reads_the_authors_tensorflow_folder_without_tensorflow(
+    authors_weights: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "converted.safetensors"
+    folder = copy_tensorflow_folder(tmp_path)
+    result = run_cli("convert", folder, "-o", out, "--json")
+    assert result.returncode == 0, result.stderr
+    written = json.loads(result.stdout)
+    assert written["family"] == "rl-restore" and written["parameters"] == 523_931
+    ours, theirs = load_file(out), load_file(authors_weights)
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[key], theirs[key]) for key in ours)
+    with safe_open(str(out), framework="pt") as fh:
+        assert json.loads(fh.metadata()["config"])["tools"][2] == "8-layer"
+    # and any checkpoint ttsr loads is re-saved as it is
+    again = tmp_path / "again.safetensors"
+    assert run_cli("convert", out, "-o", again).returncode == 0
+    assert load_file(again).keys() == ours.keys()
+
+
+def test_bad_checkpoints_give_one_line_and_write_nothing(tmp_path: Path) -> None:
+    folder = copy_tensorflow_folder(tmp_path)
+    truncated = copy_tensorflow_folder(tmp_path / "t")
+    data = truncated / "toolbox" / "tool07.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:5000])
+    no_agent = copy_tensorflow_folder(tmp_path / "n")
+    for path in (no_agent / "models").iterdir():
+        path.unlink()
+    (no_agent / "models").rmdir()
+    other = tmp_path / "other.pt"
+    torch.save({"encoder.weight": torch.zeros(4, 3, 3, 3)}, other)
+    cut = tmp_path / "cut.safetensors"
+    save_safetensors(RLRestore(RLRestoreConfig(tools=("3-layer",))), cut)
+    cut.write_bytes(cut.read_bytes()[:3000])
+    cases = {
+        truncated: "tool07.data-00000-of-00001",
+        no_agent: "no models/",
+        other: "not a checkpoint of a known network",
+        cut: "truncated",
+    }
+    photo = save_png(tmp_path / "photo.png", sample_image("coffee", (64, 64)))
+    for source, expected in cases.items():
+        for args in (
+            ("convert", source, "-o", tmp_path / "out.safetensors"),
+            ("restore", photo, "-w", source),
+        ):
+            result = run_cli(*args)
+            assert result.returncode == 2, (args, result.stderr)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and expected in lines[0], (args, result.stderr)
+    assert not (tmp_path / "out.safetensors").exists()
+    assert not (tmp_path / "photo_restored.png").exists()
+    assert run_cli("convert", folder, "-o", tmp_path / "out.pt").returncode == 2

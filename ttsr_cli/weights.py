@@ -1,12 +1,15 @@
 """Weights files in and out, for every network family.
 
-Two formats are read:
+Three formats are read:
 
 * PyTorch ``.pt``/``.pth`` state dicts as the authors' trainers save them, possibly wrapped one
   level down (``state_dict``, ``model``, ``params``, ``params_ema``), always read with
   ``torch.load(weights_only=True)``: no code inside a file is ever run;
 * our own ``.safetensors``, whose metadata names the family (``arch``) and carries the
-  configuration (``config``).
+  configuration (``config``);
+* the RL-Restore authors' TensorFlow checkpoints, a folder holding ``toolbox/`` (``tool01``
+  .. ``tool12``) and ``models/`` (the agent) as in their repository, read by
+  :mod:`ttsr_cli.tfcheckpoint` without TensorFlow.
 
 Which network a file holds is recognised from its keys (:func:`ttsr_cli.archs.detect`) and
 its configuration read off tensor shapes, so no flags are needed; loading is strict.
@@ -18,12 +21,14 @@ import io
 import json
 import pickle
 import pickletools
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -33,6 +38,7 @@ from ttsr_cli import archs
 from ttsr_cli.archs.descriptor import Descriptor
 from ttsr_cli.atomic import atomic_path
 from ttsr_cli.errors import TTSRError, first_line
+from ttsr_cli.tfcheckpoint import checkpoint_prefix, read_bundle
 
 StateDict = dict[str, torch.Tensor]
 
@@ -46,10 +52,21 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_MAGIC = b"\x80"
 #: What a checkpoint of tensors imports when unpickled; anything else is code or objects.
 _TENSOR_GLOBALS = ("torch.", "collections.OrderedDict")
+#: A tool checkpoint's index file in the authors' ``toolbox/``.
+_TOOL_INDEX = re.compile(r"tool(\d+)\.index")
 
 
 def read_checkpoint(path: Path) -> tuple[StateDict, dict[str, str]]:
-    """Tensors and metadata of a ``.pt``/``.pth`` or ``.safetensors`` file, keys as stored."""
+    """Tensors and metadata of a ``.pt``/``.pth`` or ``.safetensors`` file, keys as stored,
+    or of the RL-Restore authors' TensorFlow folder, keys mapped to ours."""
+    if path.is_dir():
+        from ttsr_cli.archs.rlrestore.load import from_tensorflow
+
+        try:
+            return from_tensorflow(_read_tensorflow_folder(path)), {"arch": "rl-restore"}
+        except TTSRError as exc:
+            message = str(exc)
+            raise TTSRError(message if str(path) in message else f"{path}: {message}") from None
     if not path.is_file():
         raise TTSRError(f"{path}: weights file not found")
     if path.suffix.lower() in _IMAGE_SUFFIXES:
@@ -68,6 +85,34 @@ def _read_safetensors(path: Path) -> tuple[StateDict, dict[str, str]]:
         raise TTSRError(
             f"{path}: not a safetensors file, or a truncated or damaged one ({first_line(exc)})"
         ) from None
+
+
+def _read_tensorflow_folder(folder: Path) -> dict[str, np.ndarray]:
+    """Every variable of the authors' checkpoints: tools keyed ``toolNN/<TF name>`` (they
+    all share TF names), the agent's by their TF names."""
+    toolbox, agent = folder / "toolbox", folder / "models"
+    missing = [name for name in ("toolbox", "models") if not (folder / name).is_dir()]
+    if missing:
+        raise TTSRError(
+            f"{folder}: not an RL-Restore checkpoint folder (no {' or '.join(missing)}/ in it; "
+            "expected toolbox/tool01..tool12 and models/ as in the authors' repository)"
+        )
+    tools = sorted(
+        (int(match.group(1)), path)
+        for path in toolbox.iterdir()
+        if (match := _TOOL_INDEX.fullmatch(path.name))
+    )
+    if not tools:
+        raise TTSRError(f"{toolbox}: no tool checkpoints (tool01.index, ...) in it")
+    numbers = [number for number, _ in tools]
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise TTSRError(f"{toolbox}: tools are not numbered 1..{len(numbers)}: {numbers}")
+    variables: dict[str, np.ndarray] = {}
+    for number, index in tools:
+        for name, value in read_bundle(index.with_suffix("")).items():
+            variables[f"tool{number:02d}/{name}"] = value
+    variables.update(read_bundle(checkpoint_prefix(agent)))
+    return variables
 
 
 def _pickled_globals(path: Path) -> list[str]:
