@@ -176,3 +176,54 @@ def test_bad_checkpoints_give_one_line_and_write_nothing(tmp_path: Path) -> None
     assert not (tmp_path / "out.safetensors").exists()
     assert not (tmp_path / "photo_restored.png").exists()
     assert run_cli("convert", folder, "-o", tmp_path / "out.pt").returncode == 2
+
+
+@pytest.fixture
+def crops(tmp_path: Path) -> Path:
+    """Two real photos small enough to evaluate in a second."""
+    folder = tmp_path / "crops"
+    folder.mkdir()
+    save_png(folder / "coffee.png", sample_image("coffee", (120, 96)))
+    save_png(folder / "astronaut.png", sample_image("astronaut", (96, 96)))
+    return folder
+
+
+def evaluate_json(*args: str | Path) -> dict:
+    result = run_cli("evaluate", "--dataset", "crops", *args, "--json", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_evaluate_degrade_scores_restoration_beside_the_damaged_input(
+    authors_weights: Path, crops: Path
+) -> None:
+    args = ("--data-dir", crops, "--degrade", "moderate", "-w", authors_weights)
+    first = evaluate_json(*args, "--protocol", "rgb")
+    assert first["baseline"] == "input" and first["degrade"] == {"level": "moderate", "seed": 0}
+    assert first["psnr"] > first["input_psnr"] + 0.5  # the authors' toolchain restores
+    again = evaluate_json(*args, "--protocol", "rgb", "--seed", "1")
+    assert again["input_psnr"] != first["input_psnr"]  # another seed, other damage
+    undamaged = run_cli(
+        "evaluate", "--dataset", "crops", "--data-dir", crops, "-w", authors_weights
+    )
+    assert undamaged.returncode == 2 and "add --degrade" in undamaged.stderr
+
+
+def test_restoration_before_super_resolution(
+    authors_weights: Path, tiny_weights: Path, crops: Path, tmp_path: Path
+) -> None:
+    scored = evaluate_json(
+        "--data-dir", crops, "--degrade", "severe", "-w", tiny_weights, "--restore", authors_weights
+    )
+    assert scored["baseline"] == "bicubic" and len(scored["per_image"]) == 2
+    photo = crops / "coffee.png"
+    out = tmp_path / "x4.png"
+    result = run_cli(
+        "upscale", photo, "-w", tiny_weights, "--restore", authors_weights, "-o", out, "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    [record] = json.loads(result.stdout)["results"]
+    assert record["restore_tools"] and all(1 <= t <= 12 for t in record["restore_tools"])
+    assert Image.open(out).size == (480, 384)
+    refused = run_cli("upscale", photo, "-w", tiny_weights, "--restore-ref", "-o", out)
+    assert refused.returncode == 2 and "needs --restore" in refused.stderr

@@ -17,7 +17,15 @@ from ttsr_cli.batch import DEFAULT_SUFFIX
 from ttsr_cli.console import error, reported_errors, stderr, training_progress, warning
 from ttsr_cli.devices import select_device
 from ttsr_cli.errors import TTSRError
-from ttsr_cli.evaluate import Benchmark, ImageResult, Report, Skipped, prepare, write_csv
+from ttsr_cli.evaluate import (
+    Benchmark,
+    Damage,
+    ImageResult,
+    Report,
+    Skipped,
+    prepare,
+    write_csv,
+)
 from ttsr_cli.evaluate import run as run_benchmark
 from ttsr_cli.outputs import UpscaleOptions
 from ttsr_cli.weights import load as load_weights
@@ -213,6 +221,19 @@ def upscale(
         ),
     ] = None,
     compare: CompareOption = False,
+    restore: Annotated[
+        str,
+        typer.Option(
+            help="Restore each input (blur, noise, JPEG) before upscaling: none, auto (the "
+            "bundled restoration model), or an RL-Restore model's name or weights file.",
+        ),
+    ] = "none",
+    restore_ref: Annotated[
+        bool,
+        typer.Option(
+            "--restore-ref", help="With --restore: restore the references too (taken as sharp)."
+        ),
+    ] = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     verbose: VerboseOption = False,
@@ -235,6 +256,7 @@ def upscale(
         sources = batch.select_shard(batch.collect_inputs(images, recursive, suffix), shard)
         batch.check_outputs(sources, outputs)  # before the model: loading can take long
         runner = run.load_runner(model, weights, settings)
+        runner = run.with_restoration(runner, restore, restore_ref, settings)
         batch.check_extras(extras, runner.descriptor)
         references = batch.reference_options(
             sources, ref or [], ref_dir, ref_map, (pool, ref_top), runner.descriptor, error
@@ -387,8 +409,9 @@ class _Report:
             mode = result.mode or {}
             notes += ["fast search"] if mode.get("search") == "fast" else []
             notes += [f"{mode['attention']} attention"] if "attention" in mode else []
-            if "tools" in mode:
-                notes += [f"tools {', '.join(map(str, mode['tools'])) or 'none'}"]
+            for key, label in (("tools", "tools"), ("restore_tools", "restored by tools")):
+                if key in mode:
+                    notes += [f"{label} {', '.join(map(str, mode[key])) or 'none'}"]
             detail = f" ({', '.join(notes)})" if notes else ""
             line = f"{result.status}: {result.input} -> {result.output}{detail}"
             stderr.print(line, markup=False)
@@ -696,6 +719,24 @@ def evaluate(
     max_memory: MaxMemoryOption = None,
     search: SearchOption = "exact",
     attention: AttentionOption = "auto",
+    degrade: Annotated[
+        str | None,
+        typer.Option(
+            help="Damage the inputs with RL-Restore's blur + noise + JPEG recipe: mild, "
+            "moderate or severe. Without --model/--weights the bundled restoration model runs "
+            "(scored beside the damaged input); with an SR model, it upscales the damaged LR.",
+        ),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="With --degrade: the seed (each image's damage is its own).")
+    ] = 0,
+    restore: Annotated[
+        str | None,
+        typer.Option(
+            help="With --degrade and an SR model: restore the damaged LR first, with auto (the "
+            "bundled restoration model) or an RL-Restore model's name or weights file.",
+        ),
+    ] = None,
     debug: DebugOption = False,
 ) -> None:
     """Measure PSNR/SSIM of a model and of bicubic up-sampling on a benchmark dataset.
@@ -707,8 +748,10 @@ def evaluate(
         settings = run.settings(device, precision, max_memory, None, search, attention)
         require_writable([None if csv_file is None else csv_file.parent])
         baseline_only = model == BASELINE and weights is None
-        runner = None if baseline_only else run.load_runner(model, weights, settings)
-        name = BASELINE if baseline_only else registry.chosen_name(model, weights)
+        purpose = "restore" if degrade and not (model or weights) else "evaluate"
+        runner = None if baseline_only else run.load_runner(model, weights, settings, None, purpose)
+        name = BASELINE if baseline_only else registry.chosen_name(model, weights, purpose)
+        restorer = None if restore is None else run.load_restorer(restore, settings)
         benchmark = prepare(
             dataset,
             data_dir,
@@ -716,9 +759,12 @@ def evaluate(
             ref_level=ref_level,
             protocol=protocol,
             limit=limit,
+            damage=None if degrade is None else Damage(degrade, seed),
+            restorer=restorer,
         )
         if not json_output:
-            stderr.print(f"evaluating {name}{'' if baseline_only else ' beside bicubic'}")
+            beside = "" if baseline_only else f" beside {benchmark.baseline}"
+            stderr.print(f"evaluating {name}{beside}")
         report = _run_with_progress(benchmark, save_images, show=not json_output)
         if csv_file is not None:
             write_csv(report, csv_file)
@@ -752,14 +798,16 @@ def _run_with_progress(benchmark: Benchmark, save_dir: Path | None, show: bool) 
 
 
 def _print_table(report: Report) -> None:
-    """Per-image rows and the mean, PSNR in dB to 3 decimals and SSIM to 4, on stdout."""
+    """Per-image rows and the mean, PSNR in dB to 3 decimals and SSIM to 4, on stdout; the
+    baseline's columns named after it (bicubic, or the damaged input)."""
     from rich.console import Console
     from rich.table import Table
 
-    headers = {"psnr": "PSNR", "ssim": "SSIM", "bicubic_psnr": "bicubic PSNR"}
-    headers["bicubic_ssim"] = "bicubic SSIM"
+    headers = {"psnr": "PSNR", "ssim": "SSIM"}
+    headers |= {f"bicubic_{m}": f"{report.baseline} {m.upper()}" for m in ("psnr", "ssim")}
     metrics = [m for m in headers if report.with_model or m.startswith("bicubic")]
-    title = f"{report.dataset}, {report.protocol} protocol: {len(report.results)} images"
+    damaged = "" if report.damage is None else f", inputs degraded {report.damage.level}"
+    title = f"{report.dataset}, {report.protocol} protocol{damaged}: {len(report.results)} images"
     table = Table(title=title)
     table.add_column("image")
     for metric in metrics:

@@ -2,6 +2,13 @@
 
 The bicubic baseline is always measured beside the model: it checks the data and metric
 set-up (its numbers are known for every benchmark) and shows what the model adds.
+
+With a degradation (``--degrade mild|moderate|severe``, :mod:`ttsr_cli.degrade`) the inputs
+are damaged by blur, noise and JPEG first, each image from its own seed (``--seed`` and its
+place in the dataset, so a subset scores its images as the whole set does).  A restoration
+model is then scored on the damaged ground truth against the damaged input itself (the
+``input`` baseline); a super-resolution model on the damaged LR, restored first when a
+restorer is given, against bicubic up-sampling of the damaged LR.
 """
 
 from __future__ import annotations
@@ -18,12 +25,12 @@ import numpy as np
 
 from ttsr_cli.atomic import atomic_path
 from ttsr_cli.data import Sample, dataset_info, dataset_root, list_samples
+from ttsr_cli.degrade import degrade_u8, level_triples
 from ttsr_cli.errors import InputError, TTSRError
 from ttsr_cli.imageio import read_rgb, write_rgb
 from ttsr_cli.metrics import PROTOCOLS, score
-from ttsr_cli.pixels import degrade
+from ttsr_cli.pixels import degrade, resize_bicubic
 from ttsr_cli.run import Runner
-from ttsr_cli.run.ttsr import TTSRRunner
 
 METRICS = ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")
 
@@ -47,16 +54,33 @@ class Skipped:
     message: str
 
 
+@dataclass(frozen=True)
+class Damage:
+    """``--degrade LEVEL --seed N``: the RL-Restore recipe applied to every input."""
+
+    level: str
+    seed: int = 0
+
+
 @dataclass
 class Benchmark:
-    """What to run: the dataset's samples, the protocol, the model (``None``: baseline) and
-    the scale the LR inputs are made at (the model's)."""
+    """What to run: the dataset's samples, the protocol, the model (``None``: baseline),
+    the scale the LR inputs are made at (the model's), the damage done to the inputs and
+    the restoration model run before the upscaler (if any)."""
 
     dataset: str
     protocol: str
     samples: list[Sample]
     upscaler: Runner | None = None
     scale: int = 4
+    damage: Damage | None = None
+    restorer: Runner | None = None
+
+    @property
+    def baseline(self) -> str:
+        """What the model is measured beside: the damaged input itself for restoration,
+        else bicubic up-sampling."""
+        return "input" if self.scale == 1 else "bicubic"
 
 
 @dataclass
@@ -68,6 +92,8 @@ class Report:
     with_model: bool
     results: list[ImageResult] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    baseline: str = "bicubic"
+    damage: Damage | None = None
 
     def mean(self, metric: str) -> float | None:
         """Average of the per-image values (the original averages PSNR in dB, not MSE)."""
@@ -76,15 +102,21 @@ class Report:
             return None
         return float(np.mean(values))
 
+    def label(self, metric: str) -> str:
+        """A metric's name in reports: the baseline's columns are named after it."""
+        return metric.replace("bicubic", self.baseline, 1)
+
     def to_dict(self) -> dict:
         """The ``--json`` document; non-finite numbers (identical images) become null."""
         return {
             "dataset": self.dataset,
             "protocol": self.protocol,
+            "baseline": self.baseline,
+            "degrade": None if self.damage is None else asdict(self.damage),
             "images": len(self.results),
-            **{m: _finite(self.mean(m)) for m in METRICS},
+            **{self.label(m): _finite(self.mean(m)) for m in METRICS},
             "per_image": [
-                {k: _finite(v) if k != "name" else v for k, v in asdict(r).items()}
+                {self.label(k): _finite(v) if k != "name" else v for k, v in asdict(r).items()}
                 for r in self.results
             ],
         }
@@ -102,20 +134,31 @@ def prepare(
     ref_level: str = "1",
     protocol: str = "ttsr",
     limit: int | None = None,
+    damage: Damage | None = None,
+    restorer: Runner | None = None,
 ) -> Benchmark:
     """Resolve the dataset (downloading it if no folder is given) and list its samples for
     ``runner``'s model (any family; None: the bicubic baseline alone); every configuration
     problem surfaces here, before any image is run.  The LR inputs are made at the model's
-    scale (x4 for the baseline alone)."""
+    scale (x4 for the baseline alone).  ``damage`` degrades the inputs; ``restorer``
+    restores them before ``runner`` upscales them."""
     if protocol not in PROTOCOLS:
         raise TTSRError(f"unknown protocol '{protocol}' (use {' or '.join(PROTOCOLS)})")
     if limit is not None and limit < 1:
         raise TTSRError(f"--limit must be at least 1, got {limit}")
+    if damage is not None:
+        level_triples(damage.level)  # an unknown level fails here, before any image
+    if restorer is not None and (damage is None or runner is None or runner.descriptor.scale == 1):
+        raise TTSRError(
+            "--restore measures restoration before upscaling: it needs --degrade "
+            "and a super-resolution model"
+        )
     info = dataset_info(dataset, data_dir)
     samples = list_samples(info, dataset_root(info, data_dir), ref_level)[:limit]
-    if runner is None:
-        return Benchmark(info.name, protocol, samples)
-    return Benchmark(info.name, protocol, samples, runner, runner.descriptor.scale)
+    scale = 4 if runner is None else runner.descriptor.scale
+    if scale == 1 and damage is None:
+        raise TTSRError("a restoration model is evaluated on damaged inputs: add --degrade LEVEL")
+    return Benchmark(info.name, protocol, samples, runner, scale, damage, restorer)
 
 
 def run(
@@ -125,9 +168,10 @@ def run(
 ) -> Report:
     """Evaluate every sample; an unreadable image is skipped and recorded, the rest go on."""
     report = Report(benchmark.dataset, benchmark.protocol, benchmark.upscaler is not None)
-    for sample in benchmark.samples:
+    report.baseline, report.damage = benchmark.baseline, benchmark.damage
+    for index, sample in enumerate(benchmark.samples):
         try:
-            outcome: ImageResult | Skipped = evaluate_sample(sample, benchmark, save_dir)
+            outcome: ImageResult | Skipped = evaluate_sample(sample, benchmark, save_dir, index)
             report.results.append(outcome)
         except InputError as exc:
             outcome = Skipped(sample.name, str(exc))
@@ -137,28 +181,51 @@ def run(
     return report
 
 
-def evaluate_sample(sample: Sample, benchmark: Benchmark, save_dir: Path | None) -> ImageResult:
-    """Score the baseline and (if any) the model on one ground-truth image."""
+def evaluate_sample(
+    sample: Sample, benchmark: Benchmark, save_dir: Path | None, index: int = 0
+) -> ImageResult:
+    """Score the baseline and (if any) the model on one ground-truth image, the ``index``-th
+    of the dataset (which, with ``--degrade``, seeds its damage)."""
     image = read_rgb(sample.hr)
     with _naming(sample.hr):
-        hr, lr, baseline = degrade(image, benchmark.scale)
+        hr, lr, baseline = model_inputs(image, benchmark, index)
         base = score(baseline, hr, benchmark.protocol, benchmark.scale)
     psnr = ssim = None
     sr = None
     if benchmark.upscaler is not None:
+        if benchmark.restorer is not None:
+            lr = benchmark.restorer.upscale(lr)
         sr = super_resolve(benchmark.upscaler, sample, lr)
         model = score(sr, hr, benchmark.protocol, benchmark.scale)
         psnr, ssim = model.psnr, model.ssim
     if save_dir is not None:
-        save_outputs(save_dir, sample, baseline, sr)
+        save_outputs(save_dir, sample, {benchmark.baseline: baseline, "ttsr": sr})
     return ImageResult(sample.name, psnr, ssim, base.psnr, base.ssim)
+
+
+def model_inputs(
+    image: np.ndarray, benchmark: Benchmark, index: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ground truth, model input, baseline output)`` for one image: the LR at the
+    model's scale, damaged if asked (at scale 1 the input is the damaged image and the
+    baseline that input itself)."""
+    damage = benchmark.damage
+    if benchmark.scale == 1:
+        assert damage is not None, "prepare() refuses restoration without damage"
+        damaged, _ = degrade_u8(image, damage.level, damage.seed, index)
+        return image, damaged, damaged
+    hr, lr, baseline = degrade(image, benchmark.scale)
+    if damage is None:
+        return hr, lr, baseline
+    lr, _ = degrade_u8(lr, damage.level, damage.seed, index)
+    return hr, lr, resize_bicubic(lr, hr.shape[1], hr.shape[0])
 
 
 def super_resolve(upscaler: Runner, sample: Sample, lr: np.ndarray) -> np.ndarray:
     """The model's output for ``lr``.  A TTSR searches all of the sample's references
     together (none: the LR is its own reference, the TTSR authors' protocol for Urban100);
     a model without a reference search ignores them."""
-    if not isinstance(upscaler, TTSRRunner):
+    if not upscaler.descriptor.takes_reference:
         return upscaler.upscale(lr)
     if sample.problem:
         raise InputError(f"{sample.hr}: {sample.problem}")
@@ -179,13 +246,11 @@ def _naming(path: Path) -> Iterator[None]:
         raise InputError(f"{path}: {exc}") from None
 
 
-def save_outputs(
-    save_dir: Path, sample: Sample, baseline: np.ndarray, sr: np.ndarray | None
-) -> None:
-    """``NAME_bicubic.png`` and, with a model, ``NAME_ttsr.png`` (each written atomically).
-    A folder that cannot be written stops the run: every later image would fail the same way."""
+def save_outputs(save_dir: Path, sample: Sample, outputs: dict[str, np.ndarray | None]) -> None:
+    """``NAME_bicubic.png`` (``NAME_input.png``: the damaged input, for restoration) and,
+    with a model, ``NAME_ttsr.png``, each written atomically.  A folder that cannot be
+    written stops the run: every later image would fail the same way."""
     stem = Path(sample.name).stem
-    outputs = {"bicubic": baseline, "ttsr": sr}
     for suffix, image in outputs.items():
         if image is None:
             continue
@@ -200,7 +265,7 @@ def write_csv(report: Report, path: Path) -> None:
     """One row per image and a final ``mean`` row; empty cells where no model ran."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["name", *METRICS])
+    writer.writerow(["name", *(report.label(m) for m in METRICS)])
     for result in report.results:
         writer.writerow([result.name, *(_cell(getattr(result, m)) for m in METRICS)])
     writer.writerow(["mean", *(_cell(report.mean(m)) for m in METRICS)])

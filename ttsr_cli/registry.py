@@ -210,8 +210,8 @@ def _default(registry: Registry, purpose: str) -> Path:
     entry = registry.models.get(name)
     if purpose == "restore" and entry is None:
         raise TTSRError(
-            "no restoration model is bundled yet: pass --weights FILE (the authors' "
-            "checkpoints converted with ttsr convert) or --model NAME (ttsr models lists them)"
+            "no restoration model is bundled yet: name one, a weights file or a model "
+            "(ttsr models lists them); the RL-Restore authors' checkpoint folder loads as it is"
         )
     if entry is None or not (registry.root / str(entry.file)).is_file():
         raise TTSRError(

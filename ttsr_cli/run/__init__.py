@@ -3,6 +3,8 @@ chosen from the descriptor, each taking the same :class:`RunSettings`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
 from ttsr_cli import registry, weights
@@ -43,7 +45,8 @@ def load_runner(
     purpose: str = "upscale",
 ) -> Runner:
     """The runner of ``--model NAME`` or ``--weights FILE`` (the bundled default for
-    ``purpose`` without either); ``expect``: the family the command needs."""
+    ``purpose`` without either: upscale, restore, or evaluate, which takes upscale's
+    default and any model); ``expect``: the family the command needs."""
     path = registry.resolve(model, weights_file, purpose)
     network, descriptor = weights.load(path, expect)
     if purpose == "upscale" and descriptor.scale == 1:
@@ -58,6 +61,29 @@ def load_runner(
     if name not in descriptor.dtypes:
         raise TTSRError(f"--precision {name}: a {descriptor.family} model does not run in it")
     return make_runner(network, descriptor, run)
+
+
+def load_restorer(choice: str, run: RunSettings) -> Runner:
+    """The restoration model ``--restore`` names: ``auto`` (the bundled one), a model
+    name, or a weights file or folder."""
+    if choice == "auto":
+        return load_runner(None, None, run, "rl-restore", purpose="restore")
+    if choice.startswith(registry.HF_SCHEME) or Path(choice).exists():
+        return load_runner(None, choice, run, "rl-restore", purpose="restore")
+    return load_runner(choice, None, run, "rl-restore", purpose="restore")
+
+
+def with_restoration(
+    upscaler: Runner, choice: str, restore_references: bool, run: RunSettings
+) -> Runner:
+    """``upscaler`` behind the restoration ``--restore`` names (``none``: itself)."""
+    if choice == "none":
+        if restore_references:
+            raise TTSRError("--restore-ref restores the references as well: it needs --restore")
+        return upscaler
+    from ttsr_cli.run.restored import Restored
+
+    return Restored(load_restorer(choice, run), upscaler, restore_references)
 
 
 def make_runner(model: nn.Module, descriptor: Descriptor, settings: RunSettings) -> Runner:
@@ -108,7 +134,9 @@ __all__ = [
     "Runner",
     "TileCallback",
     "Upscaled",
+    "load_restorer",
     "load_runner",
     "make_runner",
     "settings",
+    "with_restoration",
 ]

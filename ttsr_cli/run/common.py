@@ -13,6 +13,7 @@ from PIL import Image
 
 from ttsr_cli.archs.descriptor import Descriptor
 from ttsr_cli.devices import release_free_memory
+from ttsr_cli.errors import TTSRError
 from ttsr_cli.imageio import ImageData
 from ttsr_cli.pixels import final_size, resize, resize_bicubic
 
@@ -124,6 +125,11 @@ class Runner:
 
     def upscale_detailed(self, lr: np.ndarray, references: Any = None) -> Upscaled:
         raise NotImplementedError
+
+    def encode_reference(self, ref: np.ndarray) -> Any:
+        """A reference's features, for the families that search one (the descriptor's
+        ``takes_reference``); the others are never asked."""
+        raise TTSRError(f"a {self.descriptor.family} model takes no reference")
 
     def upscale(self, lr: np.ndarray, references: Any = None) -> np.ndarray:
         """The super-resolved ``lr`` (uint8 or uint16 ``[H, W, 3]``; same type out)."""

@@ -334,7 +334,7 @@ def reference_feature_bytes(
     return elem_size * (w1 * pixels + w2 * pixels // 4 + 2 * w3 * pixels // 16)
 
 
-def load_reference(runner: TTSRRunner, path: Path) -> ReferenceFeatures:
+def load_reference(runner: Runner, path: Path) -> ReferenceFeatures:
     """Read and encode one reference file; any problem with it is a configuration error."""
     try:
         return runner.encode_reference(read_image(path).rgb)
@@ -376,7 +376,7 @@ class ReferenceCache:
 
     def _get(self, path: Path) -> ReferenceFeatures:
         if path not in self._features:
-            if not isinstance(self.runner, TTSRRunner):
+            if not self.runner.descriptor.takes_reference:
                 raise TTSRError(f"reference {path}: this model takes no reference")
             try:
                 self._features[path] = load_reference(self.runner, path)
