@@ -17,8 +17,9 @@ from ttsr_cli.errors import TTSRError
 from ttsr_cli.weights import load, save_safetensors
 
 PACKAGE = ROOT / "ttsr_cli"
-#: What network code may import: torch, a few pure standard modules, its own layer, errors.
-ALLOWED = ("torch", "ttsr_cli.archs", "ttsr_cli.errors")
+#: What network code may import: torch, numpy (arrays, e.g. the authors' TF variables), a few
+#: pure standard modules, its own layer, errors.
+ALLOWED = ("torch", "numpy", "ttsr_cli.archs", "ttsr_cli.errors")
 ALLOWED_STDLIB = {"__future__", "collections", "dataclasses", "typing", "math", "re"}
 
 

@@ -109,7 +109,8 @@ def test_evaluate_command_json_csv_and_images(
         "-d", "photos", "--data-dir", folder, "-w", tiny_weights, "--csv", table,
         "--save-images", saved,
     )  # fmt: skip
-    assert set(report) == KEYS | {"per_image", "model"}
+    assert set(report) == KEYS | {"per_image", "model", "baseline", "degrade"}
+    assert report["baseline"] == "bicubic" and report["degrade"] is None
     assert report["model"] == str(tiny_weights)
     assert report["dataset"] == "photos" and report["protocol"] == "ttsr"
     assert report["images"] == 2
