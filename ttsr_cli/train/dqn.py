@@ -9,14 +9,18 @@ earns 0 and ends the episode, and so does the last step.  The authors' training 
 episode when a tool lowers the PSNR (its reward, negative, is kept); that rule is training's
 only: the test path (and the joint stage) let the agent go on.
 
+Logged: the mean episode ``return`` (undiscounted PSNR gain, dB), ``length``, ``epsilon``,
+``memory`` (transitions held), and once learning has begun the ``loss`` and the mean
+``q``; ``samples_per_s`` counts episodes.
+
 **One step** plays ``--batch-size`` episodes in parallel (default 32), stores them, and,
 from step ``learn_start`` on, makes one update on ``--batch-size`` episodes sampled
 uniformly (with replacement) from the replay memory.  The target network is a copy of the
 agent refreshed every ``target_sync`` steps.  Epsilon falls linearly from 1 to 0.1 over the
 first ``explore`` steps and stays there.  Adam at ``--lr`` (1e-4), multiplied by
-``--lr-gamma`` every ``--lr-decay-steps`` updates.  These counts come from the configuration's ``dqn`` table; the paper's
-values convert the authors' (memory and exploration of 500,000 transitions, a target sync
-every 10,000) at about 80 transitions (32 episodes) a step.
+``--lr-gamma`` every ``--lr-decay-steps`` updates.  The counts come from the configuration's
+``dqn`` table; the paper's values convert the authors' (memory and exploration of 500,000
+transitions, a target sync every 10,000) at about 80 transitions (32 episodes) a step.
 
 **The LSTM.**  Q of a transition depends on the LSTM state, i.e. on the whole episode so
 far, so the memory keeps whole episodes (the images each step saw, as float16, unclipped;
@@ -295,7 +299,7 @@ class AgentTrainer:
             step, record = self.step, None
             if log is not None and (step % opts.log_every == 0 or step == total):
                 record = {"step": step, **last, "lr": self.optimizer.param_groups[0]["lr"]}
-                record["episodes_per_s"] = opts.batch_size / (time.perf_counter() - tick)
+                record["samples_per_s"] = opts.batch_size / (time.perf_counter() - tick)
                 log.write(record)
             if on_step:
                 on_step(step, total, record)

@@ -5,8 +5,9 @@ that starts from the previous stage's ``model.safetensors`` (``--init``).
 1. **tools**: every tool learns its own band of one distortion with the L2 loss (Adam).  A
    step trains all of them at once: a batch holds ``--batch-size`` 63x63 patches per tool,
    each degraded by that tool's distortion alone, and the loss is the sum of the tools'
-   MSEs (logged as ``tool01``..``toolNN``, with each tool's PSNR gain on its batch as
-   ``gain01``..).  The agent keeps its initial weights.
+   MSEs (logged as ``tool01``..``toolNN``, with each tool's gain in dB on its batch as
+   ``gain01``.., :func:`pooled_gain`).  Fresh tools start as the identity.  The agent keeps
+   its initial weights.
 2. **agent**: deep Q-learning with the PSNR gain as reward, in :mod:`ttsr_cli.train.dqn`.
 3. **joint**: the agent fixed and greedy, each ``moderate`` training patch walks its chain
    (the test path: no stop when the PSNR falls), and the L2 loss of the chain's output
@@ -119,6 +120,15 @@ def psnr(image: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     over all RGB values, ``10 log10(1 / (MSE + 1e-10))``."""
     mse = (image.float() - clean.float()).pow(2).flatten(1).mean(1)
     return 10 * torch.log10(1 / (mse + 1e-10))
+
+
+def pooled_gain(restored: torch.Tensor, damaged: torch.Tensor, clean: torch.Tensor) -> float:
+    """How many dB a batch's restoration gains on the MSE of all its pixels pooled.  Robust
+    where a mean of per-patch PSNR gains is not: a patch the mildest level left (almost)
+    intact has a PSNR near 100 dB, and any change to it costs tens of dB."""
+    before = (damaged.float() - clean.float()).pow(2).mean()
+    after = (restored.float() - clean.float()).pow(2).mean()
+    return float(10 * torch.log10((before + 1e-10) / (after + 1e-10)))
 
 
 def apply_tools(tools: nn.ModuleList, images: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -267,6 +277,17 @@ class ToolsRecipe(RLRestoreRecipe):
 
     default_batch = 8
 
+    def create(self) -> nn.Module:
+        """Without ``--init``, every tool starts as the identity (its last convolution zeroed):
+        a residual tool at PyTorch's default initialisation adds a random image that costs
+        several dB, which its first hundreds of steps would only spend undoing."""
+        model = super().create()
+        if self.initial is None:
+            for tool in model.tools:
+                nn.init.zeros_(tool.conv3.weight)
+                nn.init.zeros_(tool.conv3.bias)
+        return model
+
     def dataset(self) -> torch.utils.data.Dataset:
         tools = len(self.opts.config["tools"])
         return ToolPatches(self.clean_patches(), tools, self.opts.seed)
@@ -279,8 +300,8 @@ class ToolsRecipe(RLRestoreRecipe):
             for k, tool in enumerate(trainer.model.tools):
                 out = tool(inputs[:, k]).float()
                 terms[f"tool{k + 1:02d}"] = F.mse_loss(out, targets[:, k])
-                gain = psnr(out.detach(), targets[:, k]) - psnr(inputs[:, k], targets[:, k])
-                logged[f"gain{k + 1:02d}"] = float(gain.mean())
+                gain = pooled_gain(out.detach(), inputs[:, k], targets[:, k])
+                logged[f"gain{k + 1:02d}"] = gain
         return terms, logged, dict.fromkeys(terms, 1.0)
 
 
