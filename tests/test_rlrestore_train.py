@@ -24,7 +24,7 @@ from ttsr_cli.train.dqn import (
     td_targets,
 )
 from ttsr_cli.train.rlrestore import BANDS_OF_FOUR, pooled_gain, tool_bands
-from ttsr_cli.weights import load
+from ttsr_cli.weights import load, save_safetensors
 
 TINY = ("--arch", "rl-restore", "--config", "tiny", "--device", "cpu", "--log-every", "1")
 
@@ -263,6 +263,17 @@ def test_episode_rules(q: list[float], harmful: bool, actions: list[int], reward
             assert bool((episode.rewards < 0).all())
         else:
             assert episode.rewards.tolist() == [0.0] * len(actions)
+
+
+def test_joint_step_where_every_chain_stops_at_once(photos: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = RLRestore(RLRestoreConfig(tools=("3-layer",) * 3, units=8))
+    _constant_agent(model, [0.0, 0.0, 0.0, 5.0])
+    save_safetensors(model, tmp_path / "stops.safetensors")
+    run = tmp_path / "joint"
+    train(options(photos, run, steps=1, stage="joint", init=tmp_path / "stops.safetensors"))
+    assert same(model.state_dict(), weights(run), "")
+    assert step_records(run)[0]["gain"] == 0.0
 
 
 def test_bad_stage_options_fail_in_one_line(photos: Path, tmp_path: Path, tiny_weights: Path):
