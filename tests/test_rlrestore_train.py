@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli, sample_image, save_png
+from conftest import kill_mid_write, run_cli, sample_image, save_png
 from ttsr_cli.archs.rlrestore.model import PAPER_TOOLS, RLRestore, RLRestoreConfig
 from ttsr_cli.degrade import degrade_one
 from ttsr_cli.errors import TTSRError
@@ -46,6 +46,16 @@ def tools_run(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert result.returncode == 0, result.stderr
     return run
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads slow these
+    small convolutions several-fold (see test_train's kill test)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def step_records(run: Path) -> list[dict]:
@@ -155,6 +165,24 @@ def test_agent_stage_resumes_from_its_checkpoint(photos: Path, tools_run: Path, 
         train(options(photos, run, steps=5, resume=True, **{**stage, "stage": "joint"}))
 
 
+def test_sigkill_mid_agent_checkpoint_keeps_the_previous_one(
+    photos: Path, tools_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # see test_train's kill test
+    run = tmp_path / "run"
+    init = ("--init", tools_run / "model.safetensors", "--batch-size", "2")
+    args = ("train", "--data", photos, "--out", run, "--stage", "agent", *init, *TINY)
+    every = ("--steps", "3", "--checkpoint-every", "1", "--keep", "2")
+    partial = kill_mid_write(*args, *every, skip=1, scratch=tmp_path)
+    assert partial.name.endswith(".part") and partial.exists()
+    assert [p.name for p in sorted((run / "checkpoints").glob("step-*.pt"))] == ["step-1.pt"]
+    result = run_cli(*args, *every, "--resume")
+    assert result.returncode == 0, result.stderr
+    assert [r["step"] for r in step_records(run)] == [1, 2, 3]
+    assert not partial.exists()
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_a_tool_learns_its_band(photos: Path, tmp_path: Path) -> None:
     """After 40 steps the denoising tool gains on strong noise of its band, on patches of a
     photo it never saw (a fresh tool is the identity: it gains exactly 0 dB)."""
