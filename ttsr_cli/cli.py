@@ -519,13 +519,29 @@ def train(
         Path, typer.Option(help="Run folder: log.jsonl, checkpoints/, model.safetensors.")
     ],
     arch: Annotated[
-        str, typer.Option(help="Network family: ttsr (reference-based) or csnln.")
+        str,
+        typer.Option(help="Network family: ttsr (reference-based), csnln or rl-restore."),
     ] = "ttsr",
+    stage: Annotated[
+        str,
+        typer.Option(
+            help="RL-Restore's stage: tools (each tool on its band), agent (Q-learning) or "
+            "joint (the tools fine-tuned through the agent's chains)."
+        ),
+    ] = "tools",
+    init: Annotated[
+        Path | None,
+        typer.Option(
+            help="RL-Restore: weights to start from, the previous stage's model.safetensors "
+            "(required for --stage agent and joint)."
+        ),
+    ] = None,
     config: Annotated[
         str,
         typer.Option(
             help="The family's tiny, lite (for a CPU; needs no download) or paper (TTSR: its "
-            "LTE starts from VGG19, fetched from the Hub), or a .toml file of its fields."
+            "LTE starts from VGG19, fetched from the Hub; RL-Restore: the authors' 12 tools, "
+            "lite the same with a smaller replay memory), or a .toml file of its fields."
         ),
     ] = "lite",
     scale: Annotated[int, typer.Option(help="CSNLN's scale: 2, 3 or 4 (TTSR is x4).")] = 4,
@@ -539,14 +555,16 @@ def train(
     batch_size: Annotated[
         int | None,
         typer.Option(
-            help="Samples per step and process [default: TTSR 9, CSNLN 16].", show_default=False
+            help="Samples per step and process [default: TTSR 9, CSNLN 16; RL-Restore: 8 "
+            "patches per tool, 32 episodes, 16 chains].",
+            show_default=False,
         ),
     ] = None,
     patch_size: Annotated[
         int | None,
         typer.Option(
             help="HR patch side in pixels, a multiple of the scale [default: TTSR 160, "
-            "CSNLN 48 x scale].",
+            "CSNLN 48 x scale, RL-Restore 63].",
             show_default=False,
         ),
     ] = None,
@@ -595,8 +613,8 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     debug: DebugOption = False,
 ) -> None:
-    """Train a TTSR or a CSNLN with its paper's recipe; run under torchrun for several
-    processes (DDP).
+    """Train a TTSR, a CSNLN or an RL-Restore with its paper's recipe; run under torchrun
+    for several processes (DDP; TTSR and CSNLN).
 
     Example: [bold]ttsr train --data photos/ --out runs/mine --steps 2000[/] (TTSR, lite)
     """
@@ -634,6 +652,8 @@ def train(
             val=val,
             val_every=val_every,
             val_limit=val_limit,
+            stage=stage,
+            init=init,
         )
         require_writable([out])  # before the data and the model are made
         with training_progress(quiet) as report:

@@ -80,8 +80,9 @@ def training_progress(quiet: bool) -> Iterator[Callable[[int, int, dict | None],
 
         def update(step: int, total: int, record: dict | None) -> None:
             info = None
-            if record is not None:
-                info = f"loss {record['loss']:.4f}  {record['samples_per_s']:.1f} samples/s"
+            if record is not None:  # RL-Restore's agent logs no loss before it learns
+                loss = f"loss {record['loss']:.4f}  " if "loss" in record else ""
+                info = f"{loss}{record['samples_per_s']:.1f} samples/s"
             progress.update(task, completed=step, total=total, **({"info": info} if info else {}))
 
         yield update

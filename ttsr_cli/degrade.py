@@ -54,6 +54,8 @@ from PIL import Image
 from ttsr_cli.errors import InputError, TTSRError
 
 LEVELS = ("mild", "moderate", "severe")
+#: The three distortions, in the recipe's order (and the toolbox's: tools 1-4, 5-8, 9-12).
+DISTORTIONS = ("blur", "noise", "jpeg")
 #: Inclusive range of ``blur + noise + jpeg - 2`` per severity (``generate_train.m``).
 LEVEL_SUMS = {"mild": (9, 11), "moderate": (12, 17), "severe": (18, 20)}
 #: Levels per distortion.
@@ -80,8 +82,8 @@ class Degradation:
 
     @property
     def encoder_quality(self) -> int:
-        """The integer quality libjpeg is given: the drawn one rounded half up."""
-        return math.floor(self.jpeg_quality + 0.5)
+        """The integer quality libjpeg is given (:func:`encoder_quality`)."""
+        return encoder_quality(self.jpeg_quality)
 
     def to_dict(self) -> dict[str, object]:
         """Plain JSON types, for reports and training logs."""
@@ -92,6 +94,11 @@ class Degradation:
             "encoder_quality": self.encoder_quality,
             "levels": list(self.levels),
         }
+
+
+def encoder_quality(quality: float) -> int:
+    """The integer quality libjpeg is given: the drawn one rounded half up."""
+    return math.floor(quality + 0.5)
 
 
 @cache
@@ -169,15 +176,19 @@ def add_noise(image: np.ndarray, sigma: float, noise: np.ndarray) -> np.ndarray:
     return np.clip(image + (sigma / 255.0) * noise, 0.0, 1.0)
 
 
+def to_u8(image: np.ndarray) -> np.ndarray:
+    """Float in [0, 1] -> uint8 as ``im2uint8`` does it: clip, then ``255 * x`` rounded half up."""
+    return np.floor(np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
 def jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
     """``imwrite(image, 'x.jpg', 'Quality', quality)`` then ``imread``, in memory: uint8 RGB.
 
-    The float image becomes 8-bit as ``im2uint8`` does it (clip, then ``255 * x`` rounded
-    half up); chroma is subsampled 4:2:0 as MATLAB's writer does.
+    The float image becomes 8-bit by :func:`to_u8`; chroma is subsampled 4:2:0 as MATLAB's
+    writer does.
     """
-    pixels = np.floor(np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=quality, subsampling=2)
+    Image.fromarray(to_u8(image), "RGB").save(buffer, format="JPEG", quality=quality, subsampling=2)
     buffer.seek(0)
     with Image.open(buffer) as decoded:
         return np.asarray(decoded.convert("RGB"))
@@ -213,6 +224,30 @@ def _as_float(image: np.ndarray) -> np.ndarray:
     if np.issubdtype(image.dtype, np.floating):
         return np.ascontiguousarray(image, dtype=np.float64)
     raise InputError(f"degradation needs a uint8 or float image, got {image.dtype}")
+
+
+def degrade_one(
+    image: np.ndarray, distortion: str, level: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``image`` with one distortion of :data:`DISTORTIONS` alone, its parameter drawn
+    uniformly within ``level`` (1..10) as :func:`draw` draws it: float32 RGB on the 1/255 grid.
+
+    This is how each of RL-Restore's tools sees its training data: one distortion in its
+    band.  Blur and noise alone are stored as 8-bit as the JPEG path is (:func:`to_u8`), so
+    every training input lies on the grid a saved image has.
+    """
+    pixels = _as_float(image)
+    if distortion == "blur":
+        out = to_u8(blur(pixels, _uniform(rng, BLUR_SIGMAS, level)))
+    elif distortion == "noise":
+        sigma = _uniform(rng, NOISE_SIGMAS, level)
+        out = to_u8(add_noise(pixels, sigma, rng.standard_normal(pixels.shape)))
+    elif distortion == "jpeg":
+        quality = _uniform(rng, JPEG_QUALITIES, level)
+        out = jpeg_round_trip(pixels, encoder_quality(quality))
+    else:
+        raise TTSRError(f"unknown distortion {distortion!r}: use {', '.join(DISTORTIONS)}")
+    return out.astype(np.float32) / np.float32(255.0)
 
 
 def degrade(

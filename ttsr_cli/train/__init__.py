@@ -1,4 +1,4 @@
-"""Training any family on the shared loop: ``ttsr train --arch ttsr|csnln``."""
+"""Training any family on the shared loop: ``ttsr train --arch ttsr|csnln|rl-restore``."""
 
 from ttsr_cli.train.loop import (
     ARCHS,

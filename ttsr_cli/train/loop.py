@@ -31,7 +31,7 @@ from ttsr_cli.errors import TTSRError
 from ttsr_cli.train.recipe import Recipe
 from ttsr_cli.weights import save_safetensors
 
-ARCHS = ("ttsr", "csnln")
+ARCHS = ("ttsr", "csnln", "rl-restore")
 _CHECKPOINT = re.compile(r"step-(\d+)\.pt$")
 
 
@@ -40,7 +40,8 @@ class TrainOptions:
     """Everything ``ttsr train`` accepts.  ``config``: the family's configuration as plain
     data (None: its paper configuration); ``batch_size`` and ``patch_size`` (the HR patch
     side) default to the family's official values; ``preset``, ``lte_init``, ``vgg``,
-    ``lr_lte`` and ``match_loss`` are TTSR's; ``scale`` is CSNLN's (TTSR is x4)."""
+    ``lr_lte`` and ``match_loss`` are TTSR's; ``scale`` is CSNLN's (TTSR is x4); ``stage``
+    and ``init`` (the weights a stage starts from) are RL-Restore's."""
 
     data: Path | Sequence[Path]
     out: Path
@@ -72,16 +73,24 @@ class TrainOptions:
     val: Path | None = None
     val_every: int = 1000
     val_limit: int | None = None
+    stage: str = "tools"
+    init: Path | None = None
 
 
 def recipe_for(opts: TrainOptions) -> Recipe:
     """The recipe of ``opts.arch``, with the family's defaults filled into ``opts``."""
+    if opts.arch != "rl-restore" and (opts.stage != "tools" or opts.init is not None):
+        raise TTSRError("--stage and --init are RL-Restore's (--arch rl-restore)")
     if opts.arch == "ttsr":
         from ttsr_cli.train.ttsr import TTSRRecipe as chosen
     elif opts.arch == "csnln":
         from ttsr_cli.train.csnln import CSNLNRecipe as chosen
+    elif opts.arch == "rl-restore":
+        from ttsr_cli.train.rlrestore import recipe_class
+
+        chosen = recipe_class(opts.stage)
     else:
-        raise TTSRError(f"unknown --arch '{opts.arch}' (use {' or '.join(ARCHS)})")
+        raise TTSRError(f"unknown --arch '{opts.arch}' (use {', '.join(ARCHS)})")
     if opts.config is None:
         opts.config = load_config("paper", opts.arch)
     recipe = chosen(opts)
@@ -95,6 +104,8 @@ def load_config(name: str, arch: str = "ttsr") -> dict[str, Any]:
     (optionally under ``[model]``)."""
     if arch == "csnln":
         from ttsr_cli.train.csnln import CONFIGS, checked
+    elif arch == "rl-restore":
+        from ttsr_cli.train.rlrestore import CONFIGS, checked
     else:
         from ttsr_cli.train.ttsr import CONFIGS, checked
     if name in CONFIGS:
@@ -190,42 +201,35 @@ class Trainer:
         t = t.to(self.device, non_blocking=True)
         return t.contiguous(memory_format=torch.channels_last) if self.opts.channels_last else t
 
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.opts.out / "checkpoints"
-
     def save_checkpoint(self) -> Path:
-        """``checkpoints/step-N.pt``, written atomically; only the newest ``keep`` are kept."""
+        """``checkpoints/step-N.pt`` (:func:`write_checkpoint`)."""
         state = {
-            "step": self.step,
-            "seed": self.opts.seed,
-            "arch": self.opts.arch,
-            "config": dict(self.opts.config or {}),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             **self.recipe.state(),
         }
-        path = self.checkpoint_dir / f"step-{self.step}.pt"
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-        for old in list_checkpoints(self.checkpoint_dir)[: -self.opts.keep]:
-            old.unlink(missing_ok=True)
-        return path
+        return write_checkpoint(self.opts, self.step, state)
 
     def load_checkpoint(self, path: Path) -> None:
-        state = read_checkpoint_state(path, self.device)
-        try:
-            self.recipe.load_state(state)
-        except TTSRError as exc:
-            raise TTSRError(f"{path}: {exc}") from None
+        state = read_resume_state(path, self.recipe, self.device)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+
+    def run(
+        self,
+        total: int,
+        log: RunLog | None,
+        val_samples: list,
+        on_step: Callable[[int, int, dict | None], None] | None,
+    ) -> None:
+        """Steps up to ``total`` (see :func:`_loop`)."""
+        _loop(self, total, log, val_samples, on_step)
 
     def validate(self, samples: list) -> dict[str, float | None]:
         """PSNR/SSIM (the family's protocol) of the current weights and of bicubic."""
@@ -252,6 +256,26 @@ class Trainer:
         return float(sum(p.detach().double().sum() for p in self.model.parameters()))
 
 
+def write_checkpoint(opts: TrainOptions, step: int, state: Mapping[str, Any]) -> Path:
+    """``checkpoints/step-N.pt`` of ``opts.out`` holding ``state`` and what every
+    checkpoint records (step, seed, family, configuration), written atomically so that a
+    kill leaves the previous one intact; only the newest ``opts.keep`` are kept."""
+    folder = opts.out / "checkpoints"
+    record = {
+        "step": step,
+        "seed": opts.seed,
+        "arch": opts.arch,
+        "config": dict(opts.config or {}),
+        **state,
+    }
+    path = folder / f"step-{step}.pt"
+    with atomic_path(path) as tmp:
+        torch.save(record, tmp)
+    for old in list_checkpoints(folder)[: -opts.keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
 def list_checkpoints(folder: Path) -> list[Path]:
     """Complete checkpoints (temporary ``.part`` files never match), oldest first."""
     if not folder.is_dir():
@@ -274,6 +298,16 @@ def read_checkpoint_state(path: Path, device: torch.device | str = "cpu") -> dic
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # a damaged file can make torch.load raise almost anything
         raise TTSRError(f"{path}: unreadable checkpoint ({exc})") from None
+
+
+def read_resume_state(path: Path, recipe: Recipe, device: torch.device) -> dict[str, Any]:
+    """A checkpoint's contents, with what the recipe keeps in it restored (or one line)."""
+    state = read_checkpoint_state(path, device)
+    try:
+        recipe.load_state(state)
+    except TTSRError as exc:
+        raise TTSRError(f"{path}: {exc}") from None
+    return state
 
 
 def resume_settings(path: Path, opts: TrainOptions) -> None:
@@ -369,13 +403,13 @@ def train(
     recipe = recipe_for(opts)
     dataset = recipe.dataset()
     val_samples = _validation_samples(opts) if env.main else []
-    trainer = Trainer(opts, recipe, env, device, dataset)
+    trainer = (recipe.trainer_class or Trainer)(opts, recipe, env, device, dataset)
     if resume_from:
         trainer.load_checkpoint(resume_from[0])
     total = total_steps(opts, len(dataset), env.world)
     log = RunLog(opts.out, trainer.step) if env.main else None
     try:
-        _loop(trainer, total, log, val_samples, on_step)
+        trainer.run(total, log, val_samples, on_step)
     except KeyboardInterrupt:
         if env.main and trainer.step > 0:
             trainer.save_checkpoint()
@@ -426,6 +460,8 @@ def _finish(trainer: Trainer, log: RunLog | None) -> TrainResult:
         extra = {"steps": str(trainer.step), "arch": opts.arch}
         if opts.arch == "ttsr":
             extra["preset"] = opts.preset
+        if opts.arch == "rl-restore":
+            extra["stage"] = opts.stage
         save_safetensors(trainer.model, model_path, extra)
         log.write({"event": "end", "step": trainer.step, "rank_checksums": checksums})
         log.close()

@@ -63,8 +63,8 @@ class PatchDataset(torch.utils.data.Dataset):
         hr_patch = hr[y * s : (y + side) * s, x * s : (x + side) * s]
         flips = rng.integers(0, 2, size=3)
         return {
-            "lr": _tensor(_augment(lr_patch, flips)),
-            "hr": _tensor(_augment(hr_patch, flips)),
+            "lr": chw_tensor(augment(lr_patch, flips)),
+            "hr": chw_tensor(augment(hr_patch, flips)),
         }
 
     def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +79,7 @@ class PatchDataset(torch.utils.data.Dataset):
         return self._pairs[index]
 
 
-def _augment(patch: np.ndarray, flips: np.ndarray) -> np.ndarray:
+def augment(patch: np.ndarray, flips: np.ndarray) -> np.ndarray:
     """Horizontal flip, vertical flip, transpose: EDSR's augmentation."""
     if flips[0]:
         patch = patch[:, ::-1]
@@ -90,6 +90,6 @@ def _augment(patch: np.ndarray, flips: np.ndarray) -> np.ndarray:
     return patch
 
 
-def _tensor(patch: np.ndarray) -> torch.Tensor:
+def chw_tensor(patch: np.ndarray) -> torch.Tensor:
     """uint8 ``[H, W, 3]`` -> float32 ``[3, H, W]`` in [0, 1] (CSNLN's ``rgb_range`` 1)."""
     return torch.from_numpy(patch.copy()).permute(2, 0, 1).float().mul_(1 / 255)

@@ -26,6 +26,9 @@ class Recipe:
     #: Samples per step and process, and HR patch side, when the options give none.
     default_batch = 16
     default_patch = 96
+    #: The class that runs the steps: None for the shared supervised ``Trainer``; a stage
+    #: with a loop of its own (RL-Restore's Q-learning) gives one with the same interface.
+    trainer_class: type | None = None
 
     def __init__(self, opts: TrainOptions) -> None:
         self.opts = opts
