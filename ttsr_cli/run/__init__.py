@@ -125,6 +125,7 @@ def make_runner(model: nn.Module, descriptor: Descriptor, settings: RunSettings)
             settings.tile,
             settings.max_steps,
             settings.keep_steps,
+            settings.channels_last,
         )
     raise ValueError(f"no runner for the {descriptor.family} family")
 

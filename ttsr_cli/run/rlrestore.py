@@ -34,7 +34,8 @@ class RLRestoreRunner(Runner):
 
     ``memory_budget`` (bytes) bounds one image's run (None: half of what is free when it
     starts); ``tile`` forces tool tiles of that many pixels a side; ``max_steps`` caps the
-    chain (None: the model's own, the paper's 3); ``keep_steps`` keeps each step's image.
+    chain (None: the model's own, the paper's 3); ``keep_steps`` keeps each step's image;
+    ``channels_last`` runs the convolutions in NHWC (the model is converted in place).
     """
 
     def __init__(
@@ -47,11 +48,14 @@ class RLRestoreRunner(Runner):
         tile: int | None = None,
         max_steps: int | None = None,
         keep_steps: bool = False,
+        channels_last: bool = True,
     ) -> None:
         if max_steps is not None and max_steps < 1:
             raise TTSRError(f"--max-steps {max_steps}: must be at least 1")
-        # NHWC convolutions: 1.6-1.9x faster on CPUs for these tools (same numbers to 1e-7).
-        self.model = model.to(device, memory_format=torch.channels_last).eval()
+        # NHWC convolutions are faster on CPUs (tests/benchmarks/bench_restore.py).
+        self.channels_last = channels_last
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(device, memory_format=self.layout).eval()
         self.descriptor = descriptor
         self.device, self.precision = device, precision
         self.memory_budget, self.tile = memory_budget, tile
@@ -66,9 +70,7 @@ class RLRestoreRunner(Runner):
         if references:
             raise TTSRError("RL-Restore takes no reference image")
         depth = bit_depth(lr)
-        image = to_tensor(lr, self.device, signed=False).contiguous(
-            memory_format=torch.channels_last
-        )
+        image = to_tensor(lr, self.device, signed=False).contiguous(memory_format=self.layout)
         stop = self.model.agent.stop
         seen = views(image)
         state = self.model.agent.initial_state(seen)
