@@ -54,7 +54,11 @@ def read(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
 
 
-@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize(
+    "scale",
+    # x3 and x4 take 30-60 s each; their pixels are checked in-process by test_csnln_net.
+    [2, pytest.param(3, marks=pytest.mark.slow), pytest.param(4, marks=pytest.mark.slow)],
+)
 def test_official_checkpoints_give_the_official_pixels_through_the_cli(
     tmp_path: Path, scale: int
 ) -> None:

