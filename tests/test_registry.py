@@ -28,6 +28,8 @@ from ttsr_cli.weights import load
 
 REPO, FILE = "test-org/ttsr-tiny", "tiny.safetensors"
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+#: No HF_HUB_OFFLINE, and nothing listens where the Hub should be (port 9, discard).
+UNREACHABLE = {"HF_ENDPOINT": "http://127.0.0.1:9"}
 
 
 def write_registry(folder: Path, sha256: str, bundled: Path | None = None) -> Path:
@@ -120,10 +122,14 @@ def test_model_downloads_then_runs_offline_from_the_cache(
         "upscale", image, "-w", f"hf://{REPO}/{FILE}@main", "-o", out, env={**env, **OFFLINE}
     )
     assert url.returncode == 0, url.stderr
+    # Unreachable without HF_HUB_OFFLINE: the cache, without the client's retries or warnings.
+    unreachable = ttsr("upscale", image, "-m", "tiny", "-o", out, env={**env, **UNREACHABLE})
+    assert unreachable.returncode == 0 and unreachable.stderr.count("\n") <= 1, unreachable.stderr
 
 
-def test_offline_with_a_cold_cache(env: dict[str, str], image: Path) -> None:
-    result = ttsr("upscale", image, "--model", "tiny", env={**env, **OFFLINE})
+@pytest.mark.parametrize("network", [OFFLINE, UNREACHABLE], ids=["offline", "unreachable"])
+def test_offline_with_a_cold_cache(env: dict[str, str], image: Path, network: dict) -> None:
+    result = ttsr("upscale", image, "--model", "tiny", env={**env, **network})
     one_error_line(result, "not in the Hugging Face cache")
 
 

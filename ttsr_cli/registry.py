@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ttsr_cli.errors import TTSRError, first_line
 
@@ -31,6 +33,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 #: A registry file to use instead of the packaged one (its files and cards sit beside it).
 REGISTRY_ENV = "TTSR_REGISTRY"
 HF_SCHEME = "hf://"
+#: Seconds a connection to the Hub may take before it counts as unreachable.
+HUB_PROBE_TIMEOUT = 3.0
 _HASH_CHUNK = 1 << 20
 
 
@@ -253,9 +257,30 @@ def fetch(registry: Registry, entry: Model) -> Path:
     return path
 
 
+def hub_file(repo: str, file: str, revision: str | None = None) -> Path:
+    """``hf_hub_download``, except when the Hub's host cannot be reached within
+    :data:`HUB_PROBE_TIMEOUT`: then the cached copy without asking the Hub, or at once the
+    client's ``LocalEntryNotFoundError``.  Offline without ``HF_HUB_OFFLINE``, the client
+    itself retries for about 40 s and prints its own warnings before giving up."""
+    from huggingface_hub import constants, hf_hub_download
+
+    offline = constants.HF_HUB_OFFLINE or not _reachable(constants.ENDPOINT)
+    return Path(hf_hub_download(repo, file, revision=revision, local_files_only=offline))
+
+
+def _reachable(endpoint: str) -> bool:
+    """Whether a TCP connection to the endpoint's host opens (DNS included)."""
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), HUB_PROBE_TIMEOUT):
+            return True
+    except OSError:
+        return False
+
+
 def _download(hub: HubFile) -> Path:
     """Through the Hub cache; every failure becomes one line naming the file."""
-    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
         LocalEntryNotFoundError,
@@ -265,7 +290,7 @@ def _download(hub: HubFile) -> Path:
 
     url = hub.url()
     try:
-        return Path(hf_hub_download(hub.repo_id(), hub.file, revision=hub.revision))
+        return hub_file(hub.repo_id(), hub.file, hub.revision)
     except LocalEntryNotFoundError:  # first: it subclasses EntryNotFoundError
         raise TTSRError(
             f"{url}: not in the Hugging Face cache and the Hub cannot be reached (offline, or "

@@ -16,6 +16,7 @@ import torch
 from ttsr_cli.archs.ttsr.lte import LTE
 from ttsr_cli.archs.vgg import RELU5_1, VGG19Relu5
 from ttsr_cli.errors import TTSRError
+from ttsr_cli.registry import hub_file
 from ttsr_cli.weights import read_checkpoint
 
 DEFAULT_REPO = os.environ.get("TTSR_VGG19_REPO", "timm/vgg19.tv_in1k")
@@ -41,11 +42,10 @@ def vgg19_features(source: str = "hub") -> dict[int, dict[str, torch.Tensor]]:
 
 
 def _download() -> Path:
-    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(hf_hub_download(DEFAULT_REPO, DEFAULT_FILE))
+        return hub_file(DEFAULT_REPO, DEFAULT_FILE)
     except LocalEntryNotFoundError:
         raise TTSRError(
             f"ImageNet VGG19 weights ({DEFAULT_REPO}) are not cached and the Hugging Face Hub "
