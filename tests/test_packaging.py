@@ -51,7 +51,15 @@ def test_the_wheel_carries_the_registry_and_the_bundled_model(tmp_path: Path) ->
     run(*pip, "--python", python, "install", "-q", "--no-deps", "--no-index", wheel)
     listing = json.loads(run(python, "-c", LIST, cwd=tmp_path).stdout)
     assert Path(listing["path"]).is_relative_to(venv)
-    assert listing["models"] == ["csnln-x2", "csnln-x3", "csnln-x4", "ttsr", "ttsr-gan", "ttsr-rec"]
+    assert listing["models"] == [
+        "csnln-x2",
+        "csnln-x3",
+        "csnln-x4",
+        "rl-restore-authors",
+        "ttsr",
+        "ttsr-gan",
+        "ttsr-rec",
+    ]
     assert listing["default"] == "ttsr"
     assert all(listing["cards"]) and listing["heavy"] == []
 

@@ -90,7 +90,11 @@ def child(name: str, megapixels: float, weights: str | None, budget: str | None)
     row: dict = {"chain": name, "megapixels": image.shape[0] * image.shape[1] / 1e6}
     for layout, channels_last in (("nchw", False), ("nhwc", True)):
         runner = RLRestoreRunner(
-            model, descriptor, torch.device("cpu"), memory, channels_last=channels_last
+            model,
+            descriptor,
+            torch.device("cpu"),
+            memory_budget=memory,
+            channels_last=channels_last,
         )
         run_chain(runner, image[:64, :64], CHAINS[name])  # warm-up
         seconds, tools, tiles = run_chain(runner, image, CHAINS[name])
