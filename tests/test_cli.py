@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -274,3 +276,18 @@ def test_a_tiny_reference_and_a_tiny_budget_are_used_with_a_warning(
     assert 0.0 <= image["relevance"] <= 1.0
     quiet = run_cli(*args, "--max-memory", "1KB", "--quiet")
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_help_and_models_load_no_network_code() -> None:
+    """``--help``, ``--version`` and ``models`` answer without importing torch (seconds)."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from ttsr_cli.cli import app\n"
+        "for args in (['--help'], ['upscale', '--help'], ['models'], ['--version']):\n"
+        "    assert CliRunner().invoke(app, args).exit_code == 0, args\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -25,11 +25,11 @@ from ttsr_cli.atomic import require_writable
 from ttsr_cli.devices import torchrun_env
 from ttsr_cli.errors import InputError, TTSRError, first_line
 from ttsr_cli.imageio import output_format, probe_size
+from ttsr_cli.naming import UPSCALED_SUFFIX
 from ttsr_cli.outputs import UpscaleOptions, upscale_file
 from ttsr_cli.run import Runner
 from ttsr_cli.run.ttsr import ReferenceCache
 
-DEFAULT_SUFFIX = "_ttsr"
 FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tiff"}
 _GLOB_CHARS = frozenset("*?[")
 
@@ -59,7 +59,7 @@ class OutputOptions:
     """
 
     target: Path | None = None
-    suffix: str = DEFAULT_SUFFIX
+    suffix: str = UPSCALED_SUFFIX
     fmt: str | None = None
     quality: int = 95
     skip_existing: bool = False
@@ -138,7 +138,7 @@ def image_extensions() -> frozenset[str]:
 
 
 def collect_inputs(
-    items: Sequence[Path | str], recursive: bool = False, suffix: str = DEFAULT_SUFFIX
+    items: Sequence[Path | str], recursive: bool = False, suffix: str = UPSCALED_SUFFIX
 ) -> list[Source]:
     """Files named on the command line, folders expanded, globs matched; sorted, unique.
 

@@ -6,29 +6,22 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ttsr_cli import __version__, batch, matching, registry, run
+from ttsr_cli import __version__, registry
 from ttsr_cli.atomic import require_writable
-from ttsr_cli.batch import DEFAULT_SUFFIX
 from ttsr_cli.console import error, reported_errors, stderr, training_progress, warning
-from ttsr_cli.devices import select_device
 from ttsr_cli.errors import TTSRError
-from ttsr_cli.evaluate import (
-    Benchmark,
-    Damage,
-    ImageResult,
-    Report,
-    Skipped,
-    prepare,
-    write_csv,
-)
-from ttsr_cli.evaluate import run as run_benchmark
-from ttsr_cli.outputs import UpscaleOptions
-from ttsr_cli.weights import load as load_weights
+from ttsr_cli.naming import RESTORED_SUFFIX, UPSCALED_SUFFIX
+
+# Network code (torch) is imported inside the commands that run it: --help, --version,
+# models and argument errors answer at once.
+if TYPE_CHECKING:
+    from ttsr_cli import batch, matching, run
+    from ttsr_cli.evaluate import Benchmark, Report
 
 #: Options every command shares, declared once.
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on failure.")]
@@ -196,7 +189,7 @@ def upscale(
     ] = None,
     model: ModelOption = None,
     output: OutputOption = None,
-    suffix: SuffixOption = DEFAULT_SUFFIX,
+    suffix: SuffixOption = UPSCALED_SUFFIX,
     output_format: FormatOption = None,
     quality: QualityOption = 95,
     skip_existing: SkipExistingOption = False,
@@ -247,6 +240,9 @@ def upscale(
     Exit codes: 0 all done, 1 some inputs failed (the others are still written), 2 a usage or
     configuration problem (nothing is processed).
     """
+    from ttsr_cli import batch, run
+    from ttsr_cli.outputs import UpscaleOptions
+
     with reported_errors(debug):
         start = time.perf_counter()
         settings = run.settings(device, precision, max_memory, tile, search, attention)
@@ -276,16 +272,14 @@ def _run_jobs(
     json_output: bool,
 ) -> None:
     """Run a planned batch under its report; exit 1 when any input failed."""
+    from ttsr_cli import batch
+
     runner.on_tile = report.tile
     with report:
         results = batch.run(runner, jobs, outputs, report.add)
     report.finish(results, time.perf_counter() - start, json_output)
     if any(r.status == "error" for r in results):
         raise typer.Exit(1)
-
-
-#: Added to each input's stem to name what ``restore`` writes.
-RESTORED_SUFFIX = "_restored"
 
 
 @app.command()
@@ -337,6 +331,9 @@ def restore(
     --json gives each image's "tools" (1-based, in the order applied) and each step's
     "votes" (one count per tool, then stop). Exit codes as for upscale.
     """
+    from ttsr_cli import batch, run
+    from ttsr_cli.outputs import UpscaleOptions
+
     with reported_errors(debug):
         start = time.perf_counter()
         settings = run.settings(device, precision, max_memory, tile, max_steps=max_steps)
@@ -764,6 +761,9 @@ def evaluate(
     Example: [bold]ttsr evaluate --dataset set5 --data-dir Set5[/] (the bundled model beside
     bicubic; --model bicubic for the baseline alone)
     """
+    from ttsr_cli import run
+    from ttsr_cli.evaluate import Damage, prepare, write_csv
+
     with reported_errors(debug):
         settings = run.settings(device, precision, max_memory, None, search, attention)
         require_writable([None if csv_file is None else csv_file.parent])
@@ -804,6 +804,9 @@ def _run_with_progress(benchmark: Benchmark, save_dir: Path | None, show: bool) 
     """Run the benchmark with a progress bar on stderr; skipped images are reported as
     they happen, one line each."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from ttsr_cli.evaluate import ImageResult, Skipped
+    from ttsr_cli.evaluate import run as run_benchmark
 
     columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=stderr, transient=True, disable=not show) as progress:
@@ -893,6 +896,10 @@ def match_ref(
     Exit codes: 0 all ranked, 1 some inputs or pool images could not be read (skipped), 2 a
     usage or configuration problem.
     """
+    from ttsr_cli import batch, matching
+    from ttsr_cli.devices import select_device
+    from ttsr_cli.weights import load as load_weights
+
     with reported_errors(debug):
         if top < 1:
             raise TTSRError(f"--top {top}: must be at least 1")
