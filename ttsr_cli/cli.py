@@ -218,7 +218,8 @@ def upscale(
         str,
         typer.Option(
             help="Restore each input (blur, noise, JPEG) before upscaling: none, auto (the "
-            "bundled restoration model), or an RL-Restore model's name or weights file.",
+            "registry's default restoration model; none is bundled yet), or an RL-Restore model's "
+            "name, weights file or folder.",
         ),
     ] = "none",
     restore_ref: Annotated[
@@ -290,9 +291,9 @@ def restore(
         typer.Option(
             "--weights",
             "-w",
-            help="An RL-Restore model: a ttsr .safetensors (the authors' TensorFlow "
-            "checkpoints converted with ttsr convert), a local file or "
-            "hf://OWNER/REPO/FILE\\[@REVISION]. Without it and --model: the bundled one.",
+            help="An RL-Restore model: the authors' TensorFlow folder (toolbox/, models/) as "
+            "it is, a ttsr .safetensors, or hf://OWNER/REPO/FILE\\[@REVISION]. Without it and "
+            "--model: the registry's default restoration model (none is bundled yet).",
         ),
     ] = None,
     model: ModelOption = None,
@@ -326,10 +327,11 @@ def restore(
     """Restore photos damaged by blur, noise and JPEG with RL-Restore: an agent picks, step
     by step, which of its small restoration networks to apply next, or to stop.
 
-    Example: [bold]ttsr restore photo.jpg -o photo_restored.png[/] (the bundled model)
+    Example: [bold]ttsr restore photo.jpg -w RL-Restore/ -o photo_restored.png[/] (the
+    authors' checkpoint folder, from their repository)
 
-    --json gives each image's "tools" (1-based, in the order applied) and each step's
-    "votes" (one count per tool, then stop). Exit codes as for upscale.
+    With --json, each image has its tools (1-based, in the order applied) and each step's
+    votes (one count per tool, then stop). Exit codes as for upscale.
     """
     from ttsr_cli import batch, run
     from ttsr_cli.outputs import UpscaleOptions
@@ -740,7 +742,7 @@ def evaluate(
         str | None,
         typer.Option(
             help="Damage the inputs with RL-Restore's blur + noise + JPEG recipe: mild, "
-            "moderate or severe. Without --model/--weights the bundled restoration model runs "
+            "moderate or severe. Without --model/--weights the default restoration model runs "
             "(scored beside the damaged input); with an SR model, it upscales the damaged LR.",
         ),
     ] = None,
@@ -751,7 +753,8 @@ def evaluate(
         str | None,
         typer.Option(
             help="With --degrade and an SR model: restore the damaged LR first, with auto (the "
-            "bundled restoration model) or an RL-Restore model's name or weights file.",
+            "default restoration model; none is bundled yet) or an RL-Restore model's name, "
+            "weights file or folder.",
         ),
     ] = None,
     debug: DebugOption = False,
