@@ -23,7 +23,8 @@ from ttsr_cli.run.common import Progress, Runner, Upscaled, autocast
 from ttsr_cli.tiles import Tile, core_slices, plan_grid, plan_tiles
 
 #: Bytes per pixel of a tool's pass at fp32: the 8-layer tool's widest moment holds two
-#: 64-channel maps and two 32-channel ones (calibrated by peak RSS, rounded up).
+#: 64-channel maps and two 32-channel ones.  Peak RSS grew by about 650 bytes per pixel from
+#: 0.25 to 1 MP in a chain of 8-layer tools (3-layer: 310; bench_restore.py); with headroom.
 TOOL_PIXEL_BYTES = 800
 #: Bytes per pixel of the whole-image float canvases (current image and the next).
 CANVAS_PIXEL_BYTES = 24
