@@ -198,9 +198,14 @@ def test_evaluate_degrade_scores_restoration_beside_the_damaged_input(
     authors_weights: Path, crops: Path
 ) -> None:
     args = ("--data-dir", crops, "--degrade", "moderate", "-w", authors_weights)
-    first = evaluate_json(*args, "--protocol", "rgb")
+    report = crops.parent / "report"
+    first = evaluate_json(*args, "--protocol", "rgb", "--report", report)
     assert first["baseline"] == "input" and first["degrade"] == {"level": "moderate", "seed": 0}
     assert first["psnr"] > first["input_psnr"] + 0.5  # the authors' toolchain restores
+    assert "input PSNR" in (report / "index.html").read_text()
+    # the report's crops are the scored ones: the damaged input, not the clean photo
+    sheet = np.asarray(Image.open(report / "best.png"))
+    assert sheet.shape[1] > 3 * sheet.shape[0] - 64  # input | restored | ground truth
     again = evaluate_json(*args, "--protocol", "rgb", "--seed", "1")
     assert again["input_psnr"] != first["input_psnr"]  # another seed, other damage
     undamaged = run_cli(

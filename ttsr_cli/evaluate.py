@@ -186,21 +186,31 @@ def evaluate_sample(
 ) -> ImageResult:
     """Score the baseline and (if any) the model on one ground-truth image, the ``index``-th
     of the dataset (which, with ``--degrade``, seeds its damage)."""
-    image = read_rgb(sample.hr)
+    hr, baseline, sr = outputs_for(sample, benchmark, index)
     with _naming(sample.hr):
-        hr, lr, baseline = model_inputs(image, benchmark, index)
         base = score(baseline, hr, benchmark.protocol, benchmark.scale)
     psnr = ssim = None
-    sr = None
-    if benchmark.upscaler is not None:
-        if benchmark.restorer is not None:
-            lr = benchmark.restorer.upscale(lr)
-        sr = super_resolve(benchmark.upscaler, sample, lr)
+    if sr is not None:
         model = score(sr, hr, benchmark.protocol, benchmark.scale)
         psnr, ssim = model.psnr, model.ssim
     if save_dir is not None:
         save_outputs(save_dir, sample, {benchmark.baseline: baseline, "ttsr": sr})
     return ImageResult(sample.name, psnr, ssim, base.psnr, base.ssim)
+
+
+def outputs_for(
+    sample: Sample, benchmark: Benchmark, index: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(ground truth, baseline output, model output or None)`` for the ``index``-th
+    sample: what is scored, and what ``--report`` pictures."""
+    image = read_rgb(sample.hr)
+    with _naming(sample.hr):
+        hr, lr, baseline = model_inputs(image, benchmark, index)
+    if benchmark.upscaler is None:
+        return hr, baseline, None
+    if benchmark.restorer is not None:
+        lr = benchmark.restorer.upscale(lr)
+    return hr, baseline, super_resolve(benchmark.upscaler, sample, lr)
 
 
 def model_inputs(

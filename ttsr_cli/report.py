@@ -1,8 +1,9 @@
 """``ttsr evaluate --report DIR``: a picture of a benchmark run that a person can read.
 
-``report.png`` draws one bar per image (the model's PSNR gain over bicubic, or bicubic's PSNR
-when no model ran); ``best.png`` and ``worst.png`` put the same texture-rich crop of the
-bicubic result, the model's result and the ground truth side by side; ``index.html`` shows
+``report.png`` draws one bar per image (the model's PSNR gain over the baseline, bicubic or
+the damaged input, or the baseline's PSNR when no model ran); ``best.png`` and ``worst.png``
+put the same texture-rich crop of the baseline, the model's result and the ground truth
+side by side; ``index.html`` shows
 them with the per-image table.  The two crops are recomputed for their images only.
 """
 
@@ -16,16 +17,15 @@ from PIL import Image, ImageDraw
 
 from ttsr_cli.atomic import atomic_path
 from ttsr_cli.errors import TTSRError
-from ttsr_cli.evaluate import Benchmark, ImageResult, Report, super_resolve
-from ttsr_cli.imageio import read_rgb, write_rgb
-from ttsr_cli.pixels import degrade
+from ttsr_cli.evaluate import Benchmark, ImageResult, Report, outputs_for
+from ttsr_cli.imageio import write_rgb
 
 CROP = 96  # ground-truth pixels on a side; shown at 2x
 BAR_HEIGHT, BAR_GAP, LABEL_WIDTH, CHART_WIDTH = 14, 4, 160, 420
 
 
 def gain(result: ImageResult) -> float:
-    """What the chart shows: dB over bicubic with a model, else bicubic's PSNR."""
+    """What the chart shows: dB over the baseline with a model, else the baseline's PSNR."""
     if result.psnr is None:
         return result.bicubic_psnr
     return result.psnr - result.bicubic_psnr
@@ -39,9 +39,9 @@ def write_report(report: Report, benchmark: Benchmark, folder: Path) -> Path:
     write_rgb(folder / "report.png", bar_chart(report))
     ordered = sorted(report.results, key=gain)
     picks = {"best": ordered[-1], "worst": ordered[0]}
-    samples = {s.name: s for s in benchmark.samples}
+    index = {s.name: k for k, s in enumerate(benchmark.samples)}
     for label, result in picks.items():
-        write_rgb(folder / f"{label}.png", comparison(benchmark, samples[result.name]))
+        write_rgb(folder / f"{label}.png", comparison(benchmark, index[result.name]))
     page = folder / "index.html"
     with atomic_path(page) as tmp:
         tmp.write_text(_html(report, picks), encoding="utf-8")
@@ -68,18 +68,16 @@ def bar_chart(report: Report) -> np.ndarray:
     return np.asarray(image)
 
 
-def comparison(benchmark: Benchmark, sample) -> np.ndarray:
-    """bicubic | model | ground truth, cropped where the ground truth has most texture."""
-    hr, lr, baseline = degrade(read_rgb(sample.hr), benchmark.scale)
-    panels = [baseline]
-    if benchmark.upscaler is not None:
-        panels.append(super_resolve(benchmark.upscaler, sample, lr))
-    panels.append(hr)
+def comparison(benchmark: Benchmark, index: int) -> np.ndarray:
+    """baseline | model | ground truth for the ``index``-th sample, made as it was scored
+    (damaged with ``--degrade``), cropped where the ground truth has most texture."""
+    hr, baseline, sr = outputs_for(benchmark.samples[index], benchmark, index)
+    panels = [baseline, *([] if sr is None else [sr]), hr]
     y, x = textured_window(hr, CROP)
     crops = [Image.fromarray(p[y : y + CROP, x : x + CROP]) for p in panels]
     side = 2 * min(CROP, *hr.shape[:2])
     sheet = Image.new("RGB", (len(crops) * (side + 4), side + 16), "white")
-    names = ["bicubic", "ttsr", "ground truth"] if len(crops) == 3 else ["bicubic", "ground truth"]
+    names = [benchmark.baseline, *(["ttsr"] if sr is not None else []), "ground truth"]
     draw = ImageDraw.Draw(sheet)
     for i, (crop, name) in enumerate(zip(crops, names, strict=True)):
         sheet.paste(crop.resize((side, side), Image.NEAREST), (i * (side + 4), 16))
@@ -114,13 +112,14 @@ def _html(report: Report, picks: dict[str, ImageResult]) -> str:
         for label, r in picks.items()
     )
     title = html.escape(f"{report.dataset}, {report.protocol} protocol")
+    base = html.escape(report.baseline)
     return (
         f"<!doctype html><meta charset='utf-8'><title>{title}</title><h1>{title}</h1>"
         f"<p>{len(report.results)} images; mean PSNR {_num(report.mean('psnr'), 3)} "
-        f"(bicubic {report.mean('bicubic_psnr'):.3f}), SSIM {_num(report.mean('ssim'), 4)} "
-        f"(bicubic {report.mean('bicubic_ssim'):.4f})</p><img src='report.png'>{shown}"
-        "<table border=1><tr><th>image</th><th>PSNR</th><th>SSIM</th><th>bicubic PSNR</th>"
-        f"<th>bicubic SSIM</th></tr>{rows}</table>"
+        f"({base} {report.mean('bicubic_psnr'):.3f}), SSIM {_num(report.mean('ssim'), 4)} "
+        f"({base} {report.mean('bicubic_ssim'):.4f})</p><img src='report.png'>{shown}"
+        f"<table border=1><tr><th>image</th><th>PSNR</th><th>SSIM</th><th>{base} PSNR</th>"
+        f"<th>{base} SSIM</th></tr>{rows}</table>"
     )
 
 
