@@ -41,9 +41,7 @@ episodes played since the resume, so it does not retrace the uninterrupted run b
 from __future__ import annotations
 
 import copy
-import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -57,10 +55,10 @@ from ttsr_cli.archs.rlrestore.model import RLRestore
 from ttsr_cli.devices import TorchrunEnv
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.train.loop import (
-    RunLog,
     Trainer,
+    learning_state,
+    load_learning_state,
     read_resume_state,
-    step_batches,
     write_checkpoint,
 )
 from ttsr_cli.train.rlrestore import MixedPatches, RLRestoreRecipe, apply_tools, psnr
@@ -247,14 +245,11 @@ class AgentTrainer:
         self.memory = ReplayMemory(self.schedule.memory)
         self.step = 0
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """Play a batch of episodes, store them, learn from the memory, sync the target."""
-        opts = self.opts
         eps = epsilon(self.step, self.schedule.explore)
-        ids = next(step_batches(self.step, self.step + 1, opts.batch_size, self.dist))
-        batch = torch.utils.data.default_collate([self.dataset[k] for k in ids])
         images, clean = batch["input"].to(self.device), batch["target"].to(self.device)
-        rng = np.random.default_rng([opts.seed, self.step])
+        rng = np.random.default_rng([self.opts.seed, self.step])
         with torch.no_grad():
             episodes = play(self.model, images, clean, eps, rng)
         for episode in episodes:
@@ -265,7 +260,7 @@ class AgentTrainer:
             "epsilon": eps,
             "memory": float(self.memory.transitions),
         }
-        if self.step >= self.schedule.learn_start and len(self.memory) >= opts.batch_size:
+        if self.step >= self.schedule.learn_start and len(self.memory) >= self.opts.batch_size:
             logged.update(self._update(rng))
         self.step += 1
         if self.step % self.schedule.target_sync == 0:
@@ -284,47 +279,21 @@ class AgentTrainer:
         self.scheduler.step()
         return {"loss": float(loss.detach()), "q": q}
 
-    def run(
-        self,
-        total: int,
-        log: RunLog | None,
-        val_samples: list,
-        on_step: Callable[[int, int, dict | None], None] | None,
-    ) -> None:
-        """Steps up to ``total``, logging and checkpointing as the shared loop does."""
-        opts = self.opts
-        while self.step < total:
-            tick = time.perf_counter()
-            last = self.train_step()
-            step, record = self.step, None
-            if log is not None and (step % opts.log_every == 0 or step == total):
-                record = {"step": step, **last, "lr": self.optimizer.param_groups[0]["lr"]}
-                record["samples_per_s"] = opts.batch_size / (time.perf_counter() - tick)
-                log.write(record)
-            if on_step:
-                on_step(step, total, record)
-            if step % opts.checkpoint_every == 0 and step < total:
-                self.save_checkpoint()
+    def learning_rates(self) -> dict[str, float]:
+        return {"lr": self.optimizer.param_groups[0]["lr"]}
 
     def save_checkpoint(self) -> Path:
         """Everything but the replay memory (module docstring)."""
-        state = {
-            "model": self.model.state_dict(),
-            "target": self.target.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            **self.recipe.state(),
-        }
-        return write_checkpoint(self.opts, self.step, state)
+        state = {**learning_state(self), "target": self.target.state_dict()}
+        return write_checkpoint(self.opts, self.step, {**state, **self.recipe.state()})
 
     def load_checkpoint(self, path: Path) -> None:
         state = read_resume_state(path, self.recipe, self.device)
-        self.model.load_state_dict(state["model"])
+        load_learning_state(self, state)
         self.target.load_state_dict(state["target"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = int(state["step"])
 
+    # The shared loop (batches, logging, checkpoints on schedule) drives this trainer too.
+    run = Trainer.run
     parameter_checksum = Trainer.parameter_checksum
 
 

@@ -203,23 +203,14 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """``checkpoints/step-N.pt`` (:func:`write_checkpoint`)."""
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            **self.recipe.state(),
-        }
-        return write_checkpoint(self.opts, self.step, state)
+        state = {**learning_state(self), "scaler": self.scaler.state_dict()}
+        return write_checkpoint(self.opts, self.step, {**state, **self.recipe.state()})
 
     def load_checkpoint(self, path: Path) -> None:
         state = read_resume_state(path, self.recipe, self.device)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        load_learning_state(self, state)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
 
     def run(
         self,
@@ -254,6 +245,24 @@ class Trainer:
     def parameter_checksum(self) -> float:
         """Sum of all weights in float64: equal across ranks when DDP keeps them in step."""
         return float(sum(p.detach().double().sum() for p in self.model.parameters()))
+
+
+def learning_state(trainer: Any) -> dict[str, Any]:
+    """What every trainer's checkpoint holds of its learning: the model, the optimiser and
+    the schedule (``trainer``: anything with ``model``, ``optimizer`` and ``scheduler``)."""
+    return {
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+    }
+
+
+def load_learning_state(trainer: Any, state: Mapping[str, Any]) -> None:
+    """Restore what :func:`learning_state` saved, and the step."""
+    trainer.model.load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.step = int(state["step"])
 
 
 def write_checkpoint(opts: TrainOptions, step: int, state: Mapping[str, Any]) -> Path:
