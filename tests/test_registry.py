@@ -255,7 +255,7 @@ CSNLN = ("csnln-x2", "csnln-x3", "csnln-x4")
 
 def test_packaged_registry() -> None:
     registry = load_registry()
-    assert set(registry.models) == {"ttsr", "ttsr-rec", "ttsr-gan", *CSNLN}
+    assert set(registry.models) == {"ttsr", "ttsr-rec", "ttsr-gan", "rl-restore-authors", *CSNLN}
     for entry in registry.models.values():
         assert (registry.root / entry.card).is_file()
     for name in ("ttsr-rec", "ttsr-gan"):
@@ -264,6 +264,10 @@ def test_packaged_registry() -> None:
         assert entry.config["num_res_blocks"] == [16, 16, 8, 4]
     assert registry.models["ttsr-rec"].published["CUFED5"] == [27.09, 0.804]
     assert registry.models["ttsr-gan"].published["CUFED5"] == [25.53, 0.765]
+    restorer = registry.models["rl-restore-authors"]
+    assert (restorer.family, restorer.scale, restorer.reference) == ("rl-restore", 1, False)
+    assert restorer.hub is not None and restorer.hub.repo_env == "RL_RESTORE_HUB_REPO"
+    assert registry.default_restore == ""  # none bundled yet
 
 
 @pytest.mark.parametrize(
