@@ -54,9 +54,10 @@ class SFTGANConfig:
     @property
     def reach(self) -> int:
         """LR pixels an output pixel depends on beyond its own: one per 3x3 conv at LR size
-        (``conv0``, two per block, the trunk's last), and at most one more for the up-sampling
-        convs (a pixel at 2x is half an LR pixel, at 4x a quarter).  The condition is per
-        LR pixel (stride-4 conv, then 1x1 convs)."""
+        (``conv0``, two per block, the trunk's last, and the PyTorch layout's first
+        up-sampling conv), half one per conv at 2x, a quarter one per conv at 4x: 2b + 4 for
+        the PyTorch layout, 2b + 3.25 rounded up for the Torch one.  The condition is per LR
+        pixel (a stride-4 conv, then 1x1 convs), so it reaches as far, in LR pixels."""
         return 2 * self.num_blocks + 4
 
     def to_dict(self) -> dict[str, Any]:
