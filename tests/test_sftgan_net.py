@@ -70,7 +70,9 @@ def sr(generators: dict, parity: dict) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def seg_file(fixture: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def seg_file(fixture: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The file, removed after the module (pytest keeps its last three temporary folders,
+    which would be 209 MB each)."""
     out = tmp_path_factory.mktemp("sftgan") / "seg.pth"
     script, keys = fixture / "make_seg_weights.py", fixture / "seg_keys.json"
     done = subprocess.run(
@@ -79,7 +81,8 @@ def seg_file(fixture: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert done.returncode == 0, done.stderr
     printed = float(re.search(r"fingerprint ([0-9.]+)", done.stdout).group(1))
     assert printed == pytest.approx(SEG_FINGERPRINT, rel=1e-9), "not the fixture's weights"
-    return out
+    yield out
+    out.unlink()
 
 
 @pytest.fixture(scope="module")
