@@ -49,9 +49,10 @@ def families() -> dict[str, Family]:
     """Every family by name (imported on first use: each pulls in its network code)."""
     from ttsr_cli.archs.csnln.load import FAMILY as CSNLN
     from ttsr_cli.archs.rlrestore.load import FAMILY as RL_RESTORE
+    from ttsr_cli.archs.sftgan.load import FAMILY as SFTGAN
     from ttsr_cli.archs.ttsr.load import FAMILY as TTSR
 
-    return {family.name: family for family in (TTSR, CSNLN, RL_RESTORE)}
+    return {family.name: family for family in (TTSR, CSNLN, RL_RESTORE, SFTGAN)}
 
 
 def family(name: str) -> Family:

@@ -34,7 +34,9 @@ class Descriptor:
     """A network's facts: ``family`` (a package under :mod:`ttsr_cli.archs`), its
     ``config`` as plain data (what its safetensors metadata stores), ``scale``,
     ``takes_reference``, ``size_multiple`` (LR sides the network accepts as they are; the
-    runner pads other sizes), supported ``dtypes`` and :class:`Tiling`."""
+    runner pads other sizes), supported ``dtypes``, :class:`Tiling`, and ``prior``: what the
+    network takes beside the LR, made by another network (None: nothing;
+    ``"outdoor-scene-seg"``: OutdoorSceneSeg's 8 class probabilities at the output size)."""
 
     family: str
     config: dict[str, Any]
@@ -44,6 +46,7 @@ class Descriptor:
     dtypes: tuple[str, ...] = PRECISIONS
     tiling: Tiling = field(default_factory=lambda: Tiling("local"))
     parameters: int = 0
+    prior: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json`` outputs."""
@@ -55,5 +58,6 @@ class Descriptor:
             "dtypes": list(self.dtypes),
             "tiling": {"kind": self.tiling.kind, "reach": self.tiling.reach},
             "parameters": self.parameters,
+            "prior": self.prior,
             "config": self.config,
         }
