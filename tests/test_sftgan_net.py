@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import require_sftgan_fixture
+from conftest import require_sftgan_fixture, run_cli, sample_image, save_png
 from ttsr_cli import archs
 from ttsr_cli.archs import check_state_dict
 from ttsr_cli.archs.sftgan import CLASSES, SFTGAN, OutdoorSceneSeg, SFTGANConfig
@@ -260,3 +260,15 @@ def test_priors_of_the_wrong_size_are_refused() -> None:
     model = SFTGAN(SFTGANConfig(num_blocks=1, channels=8, cond_channels=4, cond_hidden=8))
     with pytest.raises(ValueError, match=r"priors of shape \[1, 8, 180, 276\]"):
         model(torch.rand(1, 3, 45, 69), torch.rand(1, 8, 184, 280))
+
+
+def test_upscale_with_a_generator_it_cannot_run_yet_says_so_in_one_line(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, _ = archs.family("sftgan").create({})
+    weights = tmp_path / "sftgan.pth"
+    torch.save(model.state_dict(), weights)
+    photo = save_png(tmp_path / "photo.png", sample_image("coffee", (32, 24)))
+    result = run_cli("upscale", photo, "-w", weights, "-o", tmp_path / "out.png")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot run it yet" in lines[0], result.stderr

@@ -127,7 +127,10 @@ def make_runner(model: nn.Module, descriptor: Descriptor, settings: RunSettings)
             settings.keep_steps,
             settings.channels_last,
         )
-    raise ValueError(f"no runner for the {descriptor.family} family")
+    raise TTSRError(
+        f"a {descriptor.family} network loads, but ttsr cannot run it yet (its runner, which "
+        "also needs the segmentation priors, is still to come)"
+    )
 
 
 __all__ = [
