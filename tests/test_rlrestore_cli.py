@@ -15,9 +15,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import require_rl_fixture, run_cli, sample_image, save_png
-from ttsr_cli import archs
+from ttsr_cli import archs, run
 from ttsr_cli.archs.rlrestore import RLRestore, RLRestoreConfig
 from ttsr_cli.archs.rlrestore.load import from_tensorflow
+from ttsr_cli.errors import TTSRError
+from ttsr_cli.weights import load as load_weights
 from ttsr_cli.weights import save_safetensors
 
 
@@ -163,16 +165,19 @@ def test_bad_checkpoints_give_one_line_and_write_nothing(tmp_path: Path) -> None
         other: "not a checkpoint of a known network",
         cut: "truncated",
     }
+    for source, expected in cases.items():  # the loader every command shares, in-process
+        with pytest.raises(TTSRError) as caught:
+            load_weights(source)
+        assert "\n" not in str(caught.value) and expected in str(caught.value)
     photo = save_png(tmp_path / "photo.png", sample_image("coffee", (64, 64)))
-    runs = [
-        (("convert", source, "-o", tmp_path / "out.safetensors"), cases[source]) for source in cases
-    ]
-    runs.append((("restore", photo, "-w", truncated), cases[truncated]))  # the same loader
-    for args, expected in runs:
+    for args in (
+        ("convert", truncated, "-o", tmp_path / "out.safetensors"),
+        ("restore", photo, "-w", other),
+    ):
         result = run_cli(*args)
         assert result.returncode == 2, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1 and expected in lines[0], (args, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error:"), (args, result.stderr)
     assert not (tmp_path / "out.safetensors").exists()
     assert not (tmp_path / "photo_restored.png").exists()
     assert run_cli("convert", folder, "-o", tmp_path / "out.pt").returncode == 2
@@ -230,5 +235,10 @@ def test_restoration_before_super_resolution(
     [record] = json.loads(result.stdout)["results"]
     assert record["restore_tools"] and all(1 <= t <= 12 for t in record["restore_tools"])
     assert Image.open(out).size == (480, 384)
-    refused = run_cli("upscale", photo, "-w", tiny_weights, "--restore-ref", "-o", out)
-    assert refused.returncode == 2 and "needs --restore" in refused.stderr
+    with pytest.raises(TTSRError, match="needs --restore"):
+        run.with_restoration(
+            run.load_runner(None, str(tiny_weights), run.settings("cpu")),
+            "none",
+            True,
+            run.settings("cpu"),
+        )

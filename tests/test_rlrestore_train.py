@@ -165,6 +165,7 @@ def test_agent_stage_resumes_from_its_checkpoint(photos: Path, tools_run: Path, 
         train(options(photos, run, steps=5, resume=True, **{**stage, "stage": "joint"}))
 
 
+@pytest.mark.slow  # the agent's checkpoints go through the one write_checkpoint test_train kills
 def test_sigkill_mid_agent_checkpoint_keeps_the_previous_one(
     photos: Path, tools_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
