@@ -16,6 +16,7 @@ from ttsr_cli.metrics import psnr_rgb
 from ttsr_cli.pixels import reference_pair, resize_bicubic, to_image, to_tensor
 from ttsr_cli.run.ttsr import (
     REFERENCE_SHARE,
+    UNRELATED_RELEVANCE,
     ReferenceCache,
     TTSRRunner,
     _feature_bytes,
@@ -177,3 +178,20 @@ def test_fp32_on_cuda_means_no_tf32_for_the_run() -> None:
             assert torch.backends.cudnn.allow_tf32  # nothing to change on the CPU
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_an_unrelated_reference_draws_a_warning_and_a_related_one_none() -> None:
+    """The bundled model's soft attention tells a crop of the same photo from another photo
+    (the threshold was measured on Urban100 pairs; here on scikit-image's photos)."""
+    runner = TTSRRunner(load(BUNDLED)[0], torch.device("cpu"))
+    photo = sample_image("astronaut", (256, 256))
+    lr = resize_bicubic(photo[32:160, 64:192], 32, 32)
+    related = photo[16:176, 48:208]  # the LR's region, shifted and with a margin
+    unrelated = sample_image("coffee", (160, 160))
+    near = runner.upscale_detailed(lr, [runner.encode_reference(related)])
+    far = runner.upscale_detailed(lr, [runner.encode_reference(unrelated)])
+    own = runner.upscale_detailed(lr)
+    assert near.relevance > UNRELATED_RELEVANCE and not near.warnings
+    assert far.relevance < UNRELATED_RELEVANCE
+    assert len(far.warnings) == 1 and "seems unrelated" in far.warnings[0]
+    assert not own.warnings  # the image as its own reference is never "unrelated"
