@@ -126,7 +126,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
 )
 
 
@@ -183,7 +183,7 @@ def upscale(
             "-w",
             help="Checkpoint of any family: the authors' .pt (TTSR.pt, TTSR-rec.pt, CSNLN "
             "model_x4.pt) or a ttsr .safetensors, a local file or "
-            "hf://OWNER/REPO/FILE\\[@REVISION]. The network and its configuration are "
+            "hf://OWNER/REPO/FILE[@REVISION]. The network and its configuration are "
             "read from the file. Without it and --model: the bundled model, ttsr.",
         ),
     ] = None,
@@ -236,7 +236,7 @@ def upscale(
     """Upscale images with the bundled model or any loaded one: TTSR borrows texture from
     reference images, CSNLN mines it from the image itself.
 
-    Example: [bold]ttsr upscale photo.png --ref sharp.jpg -o photo_x4.png[/] (the bundled model)
+    Example: `ttsr upscale photo.png --ref sharp.jpg -o photo_x4.png` (the bundled model)
 
     Exit codes: 0 all done, 1 some inputs failed (the others are still written), 2 a usage or
     configuration problem (nothing is processed).
@@ -292,7 +292,7 @@ def restore(
             "--weights",
             "-w",
             help="An RL-Restore model: the authors' TensorFlow folder (toolbox/, models/) as "
-            "it is, a ttsr .safetensors, or hf://OWNER/REPO/FILE\\[@REVISION]. Without it and "
+            "it is, a ttsr .safetensors, or hf://OWNER/REPO/FILE[@REVISION]. Without it and "
             "--model: the registry's default restoration model (none is bundled yet).",
         ),
     ] = None,
@@ -327,7 +327,7 @@ def restore(
     """Restore photos damaged by blur, noise and JPEG with RL-Restore: an agent picks, step
     by step, which of its small restoration networks to apply next, or to stop.
 
-    Example: [bold]ttsr restore photo.jpg -w RL-Restore/ -o photo_restored.png[/] (the
+    Example: `ttsr restore photo.jpg -w RL-Restore/ -o photo_restored.png` (the
     authors' checkpoint folder, from their repository)
 
     With --json, each image has its tools (1-based, in the order applied) and each step's
@@ -460,7 +460,7 @@ def convert(
     """Re-save a checkpoint as ttsr's safetensors, the network and its configuration in its
     metadata; nothing in a checkpoint is ever run.
 
-    Example: [bold]ttsr convert RL-Restore/ -o rl-restore-authors.safetensors[/]
+    Example: `ttsr convert RL-Restore/ -o rl-restore-authors.safetensors`
     """
     from ttsr_cli.convert import convert as convert_checkpoint
 
@@ -615,7 +615,7 @@ def train(
     """Train a TTSR, a CSNLN or an RL-Restore with its paper's recipe; run under torchrun
     for several processes (DDP; TTSR and CSNLN).
 
-    Example: [bold]ttsr train --data photos/ --out runs/mine --steps 2000[/] (TTSR, lite)
+    Example: `ttsr train --data photos/ --out runs/mine --steps 2000` (TTSR, lite)
     """
     from ttsr_cli.train import TrainOptions, load_config
     from ttsr_cli.train import train as run_training
@@ -761,7 +761,7 @@ def evaluate(
 ) -> None:
     """Measure PSNR/SSIM of a model and of bicubic up-sampling on a benchmark dataset.
 
-    Example: [bold]ttsr evaluate --dataset set5 --data-dir Set5[/] (the bundled model beside
+    Example: `ttsr evaluate --dataset set5 --data-dir Set5` (the bundled model beside
     bicubic; --model bicubic for the baseline alone)
     """
     from ttsr_cli import run
@@ -894,7 +894,7 @@ def match_ref(
 ) -> None:
     """Rank a pool of images as references for each input, by the texture TTSR could borrow.
 
-    Example: [bold]ttsr match-ref photo.png --pool sharp/ --top 3 --csv refs.csv[/]
+    Example: `ttsr match-ref photo.png --pool sharp/ --top 3 --csv refs.csv`
 
     Exit codes: 0 all ranked, 1 some inputs or pool images could not be read (skipped), 2 a
     usage or configuration problem.
