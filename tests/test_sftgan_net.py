@@ -7,6 +7,7 @@ The segmentation weights (about 209 MB) are regenerated once per module by the f
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from ttsr_cli.archs import check_state_dict
 from ttsr_cli.archs.sftgan import CLASSES, SFTGAN, OutdoorSceneSeg, SFTGANConfig
 from ttsr_cli.archs.sftgan.load import FAMILY, PRIOR, load_segmentation
 from ttsr_cli.errors import TTSRError
+from ttsr_cli.run.sftgan import SFTGANRunner
 from ttsr_cli.weights import load, read_checkpoint
 
 #: Fixture file stem and parameter count of each published layout.
@@ -262,7 +264,30 @@ def test_priors_of_the_wrong_size_are_refused() -> None:
         model(torch.rand(1, 3, 45, 69), torch.rand(1, 8, 184, 280))
 
 
-def test_upscale_with_a_generator_it_cannot_run_yet_says_so_in_one_line(tmp_path: Path) -> None:
+def test_the_pipeline_from_lr_png_gives_the_authors_pixels(
+    fixture: Path, generators: dict, segmentation: OutdoorSceneSeg, seg_file: Path, tmp_path: Path
+) -> None:
+    """End to end as a user runs it: lr.png, the generator file and the segmentation file
+    through ``ttsr upscale``; the torch layout through the same runner in-process."""
+    out = tmp_path / "sr.png"
+    args = ("upscale", fixture / "lr.png", "-w", fixture / "generator_sftgan.pth")
+    result = run_cli(*args, "--seg-weights", seg_file, "-o", out, "--json", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    [record] = json.loads(result.stdout)["results"]
+    assert (
+        set(record["classes"]) == set(CLASSES) and abs(sum(record["classes"].values()) - 1) < 1e-3
+    )
+    outputs = {"sftgan": np.asarray(Image.open(out))}
+    model, descriptor = generators["torch"]
+    runner = SFTGANRunner(model, descriptor, segmentation, torch.device("cpu"))
+    outputs["sftgan_torch"] = runner.upscale(np.asarray(Image.open(fixture / "lr.png")))
+    for name, got in outputs.items():
+        expected = np.asarray(Image.open(fixture / f"expected_{name}.png"))
+        off = np.abs(got.astype(np.int16) - expected)
+        assert off.max() <= 1 and (off > 0).mean() <= 1e-3, name
+
+
+def test_a_generator_without_its_segmentation_network_is_one_line(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model, _ = archs.family("sftgan").create({})
     weights = tmp_path / "sftgan.pth"
@@ -271,4 +296,5 @@ def test_upscale_with_a_generator_it_cannot_run_yet_says_so_in_one_line(tmp_path
     result = run_cli("upscale", photo, "-w", weights, "-o", tmp_path / "out.png")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "cannot run it yet" in lines[0], result.stderr
+    assert len(lines) == 1 and "pass --seg-weights" in lines[0], result.stderr
+    assert not (tmp_path / "out.png").exists()

@@ -201,6 +201,13 @@ def upscale(
     tile: TileOption = None,
     search: SearchOption = "auto",
     attention: AttentionOption = "auto",
+    seg_weights: Annotated[
+        str | None,
+        typer.Option(
+            help="SFT-GAN: its segmentation network (the authors' segmentation_OST_bic.pth), "
+            "which makes the generator's priors from the image."
+        ),
+    ] = None,
     outscale: Annotated[
         float | None,
         typer.Option(
@@ -246,7 +253,9 @@ def upscale(
 
     with reported_errors(debug):
         start = time.perf_counter()
-        settings = run.settings(device, precision, max_memory, tile, search, attention)
+        settings = run.settings(
+            device, precision, max_memory, tile, search, attention, seg_weights=seg_weights
+        )
         extras = UpscaleOptions(outscale, save_attention, compare)
         outputs = batch.OutputOptions(output, suffix, output_format, quality, skip_existing, extras)
         shard = shard or batch.torchrun_shard()

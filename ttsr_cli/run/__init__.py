@@ -22,6 +22,7 @@ def settings(
     search: str = "auto",
     attention: str = "auto",
     max_steps: int | None = None,
+    seg_weights: str | None = None,
 ) -> RunSettings:
     """:class:`RunSettings` from the command line's words (``--device cuda``,
     ``--max-memory 2GB``): every command that runs a model reads them the same way."""
@@ -34,6 +35,7 @@ def settings(
         search=search,
         attention=attention,
         max_steps=max_steps,
+        seg_weights=seg_weights,
     )
 
 
@@ -60,7 +62,29 @@ def load_runner(
     name = next(k for k, v in PRECISIONS.items() if v == run.precision)
     if name not in descriptor.dtypes:
         raise TTSRError(f"--precision {name}: a {descriptor.family} model does not run in it")
-    return make_runner(network, descriptor, run)
+    return make_runner(network, descriptor, run, _segmentation(descriptor, run.seg_weights))
+
+
+def _segmentation(descriptor: Descriptor, seg_weights: str | None) -> nn.Module | None:
+    """The network that makes an SFT-GAN's priors (``--seg-weights``); refused for a model
+    that takes none, required by one that does."""
+    if descriptor.prior is None:
+        if seg_weights is not None:
+            raise TTSRError(f"--seg-weights: a {descriptor.family} model takes no priors")
+        return None
+    if seg_weights is None:
+        raise TTSRError(
+            f"a {descriptor.family} generator needs its segmentation network: pass "
+            "--seg-weights FILE (the authors' segmentation_OST_bic.pth)"
+        )
+    from ttsr_cli.archs.sftgan.load import load_segmentation
+
+    path = Path(seg_weights)
+    state, _ = weights.read_checkpoint(path)
+    try:
+        return load_segmentation(state)
+    except TTSRError as exc:
+        raise TTSRError(f"{path}: {exc}") from None
 
 
 def load_restorer(choice: str, run: RunSettings) -> Runner:
@@ -86,8 +110,14 @@ def with_restoration(
     return Restored(load_restorer(choice, run), upscaler, restore_references)
 
 
-def make_runner(model: nn.Module, descriptor: Descriptor, settings: RunSettings) -> Runner:
-    """The runner for ``model``'s family, with ``settings`` applied."""
+def make_runner(
+    model: nn.Module,
+    descriptor: Descriptor,
+    settings: RunSettings,
+    segmentation: nn.Module | None = None,
+) -> Runner:
+    """The runner for ``model``'s family, with ``settings`` applied (an SFT-GAN also needs
+    the ``segmentation`` network that makes its priors)."""
     if descriptor.family == "ttsr":
         from ttsr_cli.run.ttsr import TTSRRunner
 
@@ -127,10 +157,11 @@ def make_runner(model: nn.Module, descriptor: Descriptor, settings: RunSettings)
             settings.keep_steps,
             settings.channels_last,
         )
-    raise TTSRError(
-        f"a {descriptor.family} network loads, but ttsr cannot run it yet (its runner, which "
-        "also needs the segmentation priors, is still to come)"
-    )
+    if descriptor.family == "sftgan" and segmentation is not None:
+        from ttsr_cli.run.sftgan import SFTGANRunner
+
+        return SFTGANRunner(model, descriptor, segmentation, settings.device, settings.precision)
+    raise ValueError(f"no runner for the {descriptor.family} family")
 
 
 __all__ = [

@@ -30,7 +30,8 @@ class RunSettings:
     (CSNLN) of this many LR pixels a side.  ``search``: TTSR's relevance search.
     ``attention``: CSNLN's attention, exact, windowed or auto.  ``max_steps``: the most
     tools RL-Restore applies (None: the model's own); ``keep_steps``: keep each step's image
-    (``--save-steps``).  ``channels_last``: run
+    (``--save-steps``).  ``seg_weights``: the segmentation network an SFT-GAN's priors come
+    from (``--seg-weights``).  ``channels_last``: run
     TTSR's convolutions in NHWC (faster on CPUs and tensor cores; the model is converted in
     place, so a trainer validating its own model passes its layout).
     """
@@ -44,6 +45,7 @@ class RunSettings:
     channels_last: bool = True
     max_steps: int | None = None
     keep_steps: bool = False
+    seg_weights: str | None = None
 
 
 @dataclass

@@ -1,0 +1,75 @@
+"""Running SFT-GAN on image arrays: the segmentation network makes the priors, the generator
+upscales x4 under them.
+
+The official pipeline, from an LR image: OutdoorSceneSeg sees the LR up-sampled x4 with
+MATLAB's bicubic (:mod:`ttsr_cli.imresize`), in BGR, on the 0..255 scale, less the Caffe
+means; its 8 class probabilities, at the output size and unnormalised, are the generator's
+condition; the generator sees the LR in RGB on [0, 1].  An LR with an odd side, which the
+official code cannot run (the segmentation's size would not be 4x the LR's), is mirrored at
+the bottom and right to even sides, run, and the result cropped to exactly 4x the input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ttsr_cli.archs.descriptor import Descriptor
+from ttsr_cli.archs.sftgan import CLASSES
+from ttsr_cli.errors import TTSRError
+from ttsr_cli.imresize import imresize
+from ttsr_cli.pixels import bit_depth, to_image
+from ttsr_cli.run.common import Runner, Upscaled, autocast
+from ttsr_cli.run.csnln import pad_to_multiple
+
+#: What the segmentation network's input has subtracted, per BGR channel (0..255 scale).
+CAFFE_MEANS_BGR = (103.939, 116.779, 123.68)
+
+
+class SFTGANRunner(Runner):
+    """A generator and the segmentation network that makes its priors, on arrays (uint8 or
+    uint16 ``[H, W, 3]``; the same type out)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        descriptor: Descriptor,
+        segmentation: nn.Module,
+        device: torch.device,
+        precision: torch.dtype = torch.float32,
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.segmentation = segmentation.to(device).eval()
+        self.descriptor, self.device, self.precision = descriptor, device, precision
+
+    @torch.inference_mode()
+    def upscale_detailed(self, lr: np.ndarray, references: object = None) -> Upscaled:
+        """x4 of ``lr`` under its segmentation priors; ``mode["classes"]`` gives each class's
+        share of the output's pixels (by arg-max)."""
+        if references:
+            raise TTSRError("SFT-GAN takes no reference image (its priors come from the image)")
+        h, w = lr.shape[:2]
+        top = 65535.0 if bit_depth(lr) == 16 else 255.0
+        rgb = pad_to_multiple(lr, self.descriptor.size_multiple).astype(np.float64) / top
+        priors = self.priors(rgb)
+        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))[None]).float()
+        with autocast(self.device, self.precision):
+            sr = self.model(x.to(self.device), priors).float()
+        scale = self.descriptor.scale
+        sr, priors = sr[..., : h * scale, : w * scale], priors[..., : h * scale, : w * scale]
+        return Upscaled(to_image(sr, bit_depth(lr), signed=False), 1, {"classes": shares(priors)})
+
+    def priors(self, rgb: np.ndarray) -> torch.Tensor:
+        """``[1, 8, 4H, 4W]`` class probabilities of ``rgb`` (``[H, W, 3]`` on [0, 1])."""
+        bgr = imresize(rgb[..., ::-1], self.descriptor.scale) * 255 - CAFFE_MEANS_BGR
+        x = torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1))[None]).float()
+        with autocast(self.device, self.precision):
+            return self.segmentation(x.to(self.device)).float()
+
+
+def shares(priors: torch.Tensor) -> dict[str, float]:
+    """Each class's share of the pixels, by arg-max of the probabilities (rounded to 1e-4)."""
+    counts = torch.bincount(priors[0].argmax(0).flatten(), minlength=len(CLASSES))
+    total = float(counts.sum())
+    return {name: round(float(n) / total, 4) for name, n in zip(CLASSES, counts, strict=True)}
