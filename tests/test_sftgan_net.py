@@ -298,3 +298,11 @@ def test_a_generator_without_its_segmentation_network_is_one_line(tmp_path: Path
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "pass --seg-weights" in lines[0], result.stderr
     assert not (tmp_path / "out.png").exists()
+
+
+def test_seg_weights_for_a_model_without_priors_is_refused(tiny_weights: Path) -> None:
+    from ttsr_cli import run
+
+    settings = run.settings("cpu", seg_weights="segmentation_OST_bic.pth")
+    with pytest.raises(TTSRError, match="takes no priors"):
+        run.load_runner(None, str(tiny_weights), settings)
