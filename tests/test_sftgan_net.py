@@ -271,8 +271,16 @@ def test_the_pipeline_from_lr_png_gives_the_authors_pixels(
     through ``ttsr upscale``; the torch layout through the same runner in-process."""
     out = tmp_path / "sr.png"
     args = ("upscale", fixture / "lr.png", "-w", fixture / "generator_sftgan.pth")
-    result = run_cli(*args, "--seg-weights", seg_file, "-o", out, "--json", "--device", "cpu")
+    priors = tmp_path / "priors"
+    extra = ("--seg-weights", seg_file, "--save-priors", priors)
+    result = run_cli(*args, *extra, "-o", out, "--json", "--device", "cpu")
     assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in priors.iterdir()) == sorted(
+        ["sr_segmentation.png", *(f"sr_prob_{name}.png" for name in CLASSES)]
+    )
+    ours = np.asarray(Image.open(priors / "sr_segmentation.png"))
+    official = np.asarray(Image.open(fixture / "segmentation.png").convert("RGB"))
+    assert (ours != official).any(axis=2).sum() <= 9  # README: ties within 1e-4 may flip
     [record] = json.loads(result.stdout)["results"]
     assert (
         set(record["classes"]) == set(CLASSES) and abs(sum(record["classes"].values()) - 1) < 1e-3

@@ -187,11 +187,14 @@ def torchrun_shard() -> str | None:
 
 
 def check_extras(extras: UpscaleOptions, descriptor: Descriptor) -> None:
-    """Pictures the model can give: attention maps need a reference search."""
+    """Pictures the model can give: attention maps need a reference search, priors a model
+    that takes them."""
     if extras.attention_dir is not None and not descriptor.takes_reference:
         raise TTSRError(
             f"--save-attention: a {descriptor.family} model has no reference search to picture"
         )
+    if extras.priors_dir is not None and descriptor.prior is None:
+        raise TTSRError(f"--save-priors: a {descriptor.family} model takes no priors")
 
 
 def reference_options(
@@ -287,7 +290,8 @@ def check_outputs(sources: Sequence[Source], outputs: OutputOptions) -> None:
     _check_output_options(sources, outputs)
     to_folder = _writes_to_folder(outputs.target, len(sources))
     folders = [_destination(source, outputs, to_folder).parent for source in sources]
-    require_writable([*folders, outputs.extras.attention_dir, outputs.extras.steps_dir])
+    extras = outputs.extras
+    require_writable([*folders, extras.attention_dir, extras.steps_dir, extras.priors_dir])
 
 
 def _check_output_options(sources: Sequence[Source], outputs: OutputOptions) -> None:

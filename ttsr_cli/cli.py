@@ -208,6 +208,13 @@ def upscale(
             "which makes the generator's priors from the image."
         ),
     ] = None,
+    save_priors: Annotated[
+        Path | None,
+        typer.Option(
+            help="SFT-GAN: folder for STEM_segmentation.png (the classes in the authors' "
+            "palette) and STEM_prob_CLASS.png (each class's probability), STEM the output's."
+        ),
+    ] = None,
     outscale: Annotated[
         float | None,
         typer.Option(
@@ -256,7 +263,7 @@ def upscale(
         settings = run.settings(
             device, precision, max_memory, tile, search, attention, seg_weights=seg_weights
         )
-        extras = UpscaleOptions(outscale, save_attention, compare)
+        extras = UpscaleOptions(outscale, save_attention, compare, priors_dir=save_priors)
         outputs = batch.OutputOptions(output, suffix, output_format, quality, skip_existing, extras)
         shard = shard or batch.torchrun_shard()
         sources = batch.select_shard(batch.collect_inputs(images, recursive, suffix), shard)

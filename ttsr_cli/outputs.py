@@ -28,14 +28,16 @@ class UpscaleOptions:
     ``outscale``: final scale (the model's result resized with Lanczos); ``attention_dir``:
     folder for ``STEM_attention.png`` and ``STEM_source.png`` (models with a reference
     search); ``compare``: ``STEM_compare.png`` beside the output; ``steps_dir``: folder for
-    ``STEM_stepK_toolNN.png``, the image after each tool (RL-Restore).  STEM is the
-    output's, so runs to different outputs never overwrite each other's pictures.
+    ``STEM_stepK_toolNN.png``, the image after each tool (RL-Restore); ``priors_dir``:
+    folder for ``STEM_segmentation.png`` and ``STEM_prob_CLASS.png`` (SFT-GAN's priors).
+    STEM is the output's, so runs to different outputs never overwrite each other's pictures.
     """
 
     outscale: float | None = None
     attention_dir: Path | None = None
     compare: bool = False
     steps_dir: Path | None = None
+    priors_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,11 @@ def upscale_file(
         _write_maps(options.attention_dir, destination.stem, result, sr.size)
     if options.steps_dir is not None:
         _write_steps(options.steps_dir, destination.stem, image, result)
+    if options.priors_dir is not None and result.priors is not None:
+        from ttsr_cli.run.sftgan import prior_pictures
+
+        for name, picture in prior_pictures(result.priors).items():
+            _write_png(options.priors_dir / f"{destination.stem}_{name}.png", picture)
     if options.compare:
         scale = runner.descriptor.scale
         first = ("bicubic", _bicubic(image.rgb, scale)) if scale > 1 else ("input", image.rgb)

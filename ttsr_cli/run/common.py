@@ -59,6 +59,7 @@ class Upscaled:
     position per LR position, counted over the references' lv3 ``grids`` concatenated
     row-major).  ``warnings``: what was done that was probably not meant (one line each).
     RL-Restore only: ``steps``, the image after each tool (when the runner keeps them).
+    SFT-GAN only: ``priors``, the class probabilities ``[8, H, W]`` at the output size.
     """
 
     sr: np.ndarray
@@ -69,6 +70,7 @@ class Upscaled:
     grids: list[tuple[int, int]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     steps: list[np.ndarray] = field(default_factory=list)
+    priors: np.ndarray | None = None
 
     @property
     def relevance(self) -> float | None:

@@ -58,7 +58,9 @@ class SFTGANRunner(Runner):
             sr = self.model(x.to(self.device), priors).float()
         scale = self.descriptor.scale
         sr, priors = sr[..., : h * scale, : w * scale], priors[..., : h * scale, : w * scale]
-        return Upscaled(to_image(sr, bit_depth(lr), signed=False), 1, {"classes": shares(priors)})
+        image = to_image(sr, bit_depth(lr), signed=False)
+        mode = {"classes": shares(priors)}
+        return Upscaled(image, 1, mode, priors=priors[0].cpu().numpy())
 
     def priors(self, rgb: np.ndarray) -> torch.Tensor:
         """``[1, 8, 4H, 4W]`` class probabilities of ``rgb`` (``[H, W, 3]`` on [0, 1])."""
@@ -73,3 +75,26 @@ def shares(priors: torch.Tensor) -> dict[str, float]:
     counts = torch.bincount(priors[0].argmax(0).flatten(), minlength=len(CLASSES))
     total = float(counts.sum())
     return {name: round(float(n) / total, 4) for name, n in zip(CLASSES, counts, strict=True)}
+
+
+#: The official colour of each class (``test_segmentation.py``'s lookup table), RGB.
+PALETTE = (
+    (153, 153, 153),
+    (0, 255, 255),
+    (109, 158, 235),
+    (183, 225, 205),
+    (153, 0, 255),
+    (17, 85, 204),
+    (106, 168, 79),
+    (224, 102, 102),
+)
+
+
+def prior_pictures(priors: np.ndarray) -> dict[str, np.ndarray]:
+    """What ``--save-priors`` writes, by name: ``segmentation`` (the arg-max in the official
+    palette) and ``prob_CLASS`` (each class's probability, 0 black to 1 white)."""
+    pictures = {"segmentation": np.asarray(PALETTE, dtype=np.uint8)[priors.argmax(0)]}
+    for name, plane in zip(CLASSES, priors, strict=True):
+        grey = np.clip(np.rint(plane * 255), 0, 255).astype(np.uint8)
+        pictures[f"prob_{name}"] = np.repeat(grey[..., None], 3, axis=2)
+    return pictures
