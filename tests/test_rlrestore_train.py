@@ -96,6 +96,10 @@ def test_tools_stage_trains_the_tools_and_leaves_the_agent(tools_run: Path) -> N
     records = step_records(tools_run)
     assert [r["step"] for r in records] == [1, 2]
     assert {"tool01", "tool02", "tool03", "gain01", "loss"} <= records[0].keys()
+    # a training checkpoint (whose config carries the dqn schedule) loads like the export
+    [checkpoint] = sorted((tools_run / "checkpoints").glob("step-*.pt"))[-1:]
+    model, descriptor = load(checkpoint, expect="rl-restore")
+    assert descriptor.config["units"] == 8 and same(model.state_dict(), trained, "")
 
 
 def test_agent_then_joint_stage_through_the_cli(photos: Path, tools_run: Path, tmp_path: Path):

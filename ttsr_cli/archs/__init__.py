@@ -111,6 +111,19 @@ def _sample_keys(state: Mapping[str, torch.Tensor]) -> str:
     return f"it holds {len(keys)} tensor{'s' if len(keys) > 1 else ''}: {shown}{more}"
 
 
+def check_declared(name: str, declared: Mapping[str, Any], actual: Mapping[str, Any]) -> None:
+    """A file's metadata may state any subset of the configuration; each stated field must be
+    one the family has and match what the tensors say (``name`` names the family)."""
+    unknown = sorted(set(declared) - set(actual))
+    if unknown:
+        raise TTSRError(f"{name} metadata has unknown config fields: {', '.join(unknown)}")
+    differ = [key for key in actual if key in declared and declared[key] != actual[key]]
+    if differ:
+        said = ", ".join(f"{key} {declared[key]}" for key in differ)
+        found = ", ".join(f"{key} {actual[key]}" for key in differ)
+        raise TTSRError(f"{name} metadata says {said} but tensors say {found}")
+
+
 def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], name: str) -> None:
     """Fail with one line naming missing, unexpected or mis-shaped tensors (before
     ``load_state_dict``, whose own message is many lines)."""
@@ -136,6 +149,7 @@ __all__ = [
     "Family",
     "StateDict",
     "Tiling",
+    "check_declared",
     "check_state_dict",
     "describe",
     "detect",

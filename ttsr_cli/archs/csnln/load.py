@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ttsr_cli.archs import Family, StateDict, check_state_dict
+from ttsr_cli.archs import Family, StateDict, check_declared, check_state_dict
 from ttsr_cli.archs.csnln.model import CSNLN, RGB_MEAN, CSNLNConfig
 from ttsr_cli.archs.descriptor import PRECISIONS, Descriptor, Tiling
 from ttsr_cli.errors import TTSRError
@@ -108,19 +108,6 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> CSNLNConfig:
         raise TTSRError(f"CSNLN checkpoint: {exc}") from exc
 
 
-def _check_declared(declared: Mapping[str, Any], inferred: CSNLNConfig) -> None:
-    """Metadata may state any subset of the fields; each stated one must match the tensors."""
-    actual = inferred.to_dict()
-    unknown = sorted(set(declared) - set(actual))
-    if unknown:
-        raise TTSRError(f"CSNLN metadata has unknown config fields: {', '.join(unknown)}")
-    differ = [key for key in actual if key in declared and declared[key] != actual[key]]
-    if differ:
-        said = ", ".join(f"{key} {declared[key]}" for key in differ)
-        found = ", ".join(f"{key} {actual[key]}" for key in differ)
-        raise TTSRError(f"CSNLN metadata says {said} but tensors say {found}")
-
-
 def describe(model: CSNLN) -> Descriptor:
     """The facts the runner needs: global attention, sides a multiple of the attention factor."""
     config = model.config
@@ -139,7 +126,7 @@ def describe(model: CSNLN) -> Descriptor:
 def build(state: StateDict, declared: Mapping[str, Any]) -> tuple[nn.Module, Descriptor]:
     """The network the shapes describe, loaded strictly (declared configuration checked)."""
     config = infer_config(state)
-    _check_declared(declared, config)
+    check_declared("CSNLN", declared, config.to_dict())
     model = CSNLN(config)
     name = f"CSNLN x{config.scale} (n_feats {config.n_feats}, depth {config.depth})"
     check_state_dict(model, state, name)

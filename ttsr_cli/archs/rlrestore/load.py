@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ttsr_cli.archs import Family, StateDict, check_state_dict
+from ttsr_cli.archs import Family, StateDict, check_declared, check_state_dict
 from ttsr_cli.archs.descriptor import PRECISIONS, Descriptor, Tiling
 from ttsr_cli.archs.rlrestore.model import RLRestore, RLRestoreConfig
 from ttsr_cli.archs.rlrestore.tools import ResidualTool, ShallowTool
@@ -65,13 +65,11 @@ def describe(model: RLRestore) -> Descriptor:
 
 def build(state: StateDict, declared: Mapping[str, Any]) -> tuple[nn.Module, Descriptor]:
     """The network the shapes describe, loaded strictly; ``declared`` may set ``max_steps``
-    (shapes cannot tell it) and must agree on the rest."""
+    (shapes cannot tell it) and must agree on the rest.  A training checkpoint's ``dqn``
+    table is the agent stage's schedule, not the network's, and is set aside."""
+    declared = {key: value for key, value in declared.items() if key != "dqn"}
     inferred = infer_config(state, int(declared.get("max_steps", 3)))
-    stated = {key: value for key, value in declared.items() if key != "max_steps"}
-    actual = inferred.to_dict()
-    differ = [key for key, value in stated.items() if actual.get(key) != value]
-    if differ:
-        raise TTSRError(f"RL-Restore metadata disagrees with the tensors on {', '.join(differ)}")
+    check_declared("RL-Restore", declared, inferred.to_dict())
     model = RLRestore(inferred)
     check_state_dict(model, state, f"RL-Restore ({len(inferred.tools)} tools)")
     model.load_state_dict(state, strict=True)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ttsr_cli.archs import Family, StateDict, check_state_dict
+from ttsr_cli.archs import Family, StateDict, check_declared, check_state_dict
 from ttsr_cli.archs.descriptor import PRECISIONS, Descriptor, Tiling
 from ttsr_cli.archs.sftgan.condition import HIDDEN_LAYERS
 from ttsr_cli.archs.sftgan.generator import SCALE, SFTGAN, SFTGANConfig
@@ -109,19 +109,6 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> SFTGANConfig:
         raise TTSRError(f"SFT-GAN checkpoint: {exc}") from None
 
 
-def _check_declared(declared: Mapping[str, Any], inferred: SFTGANConfig) -> None:
-    """Metadata may state any subset of the fields; each stated one must match the tensors."""
-    actual = inferred.to_dict()
-    unknown = sorted(set(declared) - set(actual))
-    if unknown:
-        raise TTSRError(f"SFT-GAN metadata has unknown config fields: {', '.join(unknown)}")
-    differ = [key for key in actual if key in declared and declared[key] != actual[key]]
-    if differ:
-        said = ", ".join(f"{key} {declared[key]}" for key in differ)
-        found = ", ".join(f"{key} {actual[key]}" for key in differ)
-        raise TTSRError(f"SFT-GAN metadata says {said} but tensors say {found}")
-
-
 def describe(model: SFTGAN) -> Descriptor:
     """x4, no reference but a prior; local (every SFT layer is per pixel, the convs 3x3).
 
@@ -150,7 +137,7 @@ def build(state: StateDict, declared: Mapping[str, Any]) -> tuple[nn.Module, Des
             "not an SFT-GAN generator"
         )
     config = infer_config(state)
-    _check_declared(declared, config)
+    check_declared("SFT-GAN", declared, config.to_dict())
     model = SFTGAN(config)
     name = f"SFT-GAN ({config.variant} layout, {config.num_blocks} blocks)"
     check_state_dict(model, state, name)
