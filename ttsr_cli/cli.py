@@ -181,8 +181,8 @@ def upscale(
         typer.Option(
             "--weights",
             "-w",
-            help="Checkpoint of any family: the authors' .pt (TTSR.pt, TTSR-rec.pt, CSNLN "
-            "model_x4.pt) or a ttsr .safetensors, a local file or "
+            help="Checkpoint of any family: the authors' files (TTSR.pt, TTSR-rec.pt, CSNLN "
+            "model_x4.pt, SFT-GAN SFTGAN_torch.pth) or a ttsr .safetensors, a local file or "
             "hf://OWNER/REPO/FILE[@REVISION]. The network and its configuration are "
             "read from the file. Without it and --model: the bundled model, ttsr.",
         ),
