@@ -171,3 +171,15 @@ def test_reduced_precision_runs_the_tools_and_keeps_the_agent_in_fp32(
     off = np.abs(bf16.sr.astype(np.int16) - fp32.sr)
     assert 0 < off.max() <= 3 and off.mean() < 0.3  # measured: 2 levels at most, 0.15 mean
     assert all(p.dtype == torch.float32 for p in authors.agent.parameters())
+
+
+def test_a_budget_below_the_smallest_tiles_is_used_with_a_warning(
+    authors: RLRestore, parity: dict
+) -> None:
+    descriptor = archs.describe(authors)
+    tight = RLRestoreRunner(authors, descriptor, torch.device("cpu"), memory_budget=1 << 20)
+    result = tight.upscale_detailed(parity["whole_input_u8"])
+    assert result.tiles > 1 and len(result.warnings) == 1
+    assert "memory budget is too small" in result.warnings[0]
+    roomy = RLRestoreRunner(authors, descriptor, torch.device("cpu"), memory_budget=1 << 30)
+    assert not roomy.upscale_detailed(parity["whole_input_u8"]).warnings

@@ -16,11 +16,11 @@ from torch import nn
 
 from ttsr_cli.archs.descriptor import Descriptor
 from ttsr_cli.archs.rlrestore.toolchain import views, vote
-from ttsr_cli.devices import default_memory_budget
+from ttsr_cli.devices import default_memory_budget, format_size
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.pixels import bit_depth, to_image, to_tensor
 from ttsr_cli.run.common import Progress, Runner, Upscaled, autocast
-from ttsr_cli.tiles import Tile, core_slices, plan_grid, plan_tiles
+from ttsr_cli.tiles import MIN_TILE, Tile, core_slices, plan_grid, plan_tiles
 
 #: Bytes per pixel of a tool's pass at fp32: the 8-layer tool's widest moment holds two
 #: 64-channel maps and two 32-channel ones.  Peak RSS grew by about 650 bytes per pixel from
@@ -79,6 +79,7 @@ class RLRestoreRunner(Runner):
         votes: list[list[int]] = []
         steps: list[np.ndarray] = []
         tiles = 1
+        warnings = self.budget_warnings(*image.shape[-2:])
         for _ in range(self.max_steps):
             q, state = self.model.agent(seen, state)
             action, counts = vote(q)
@@ -92,7 +93,8 @@ class RLRestoreRunner(Runner):
             seen = views(image)
             state = state.after(torch.full((len(seen),), action, device=self.device))
         mode = {"tools": tools, "votes": votes}
-        return Upscaled(to_image(image, depth, signed=False), tiles, mode, steps=steps)
+        sr = to_image(image, depth, signed=False)
+        return Upscaled(sr, tiles, mode, warnings=warnings, steps=steps)
 
     def apply_tool(self, action: int, image: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Tool ``action`` on the whole ``image``, in tiles when it does not fit the budget;
@@ -114,13 +116,29 @@ class RLRestoreRunner(Runner):
             progress.step()
         return out, len(tiles)
 
+    def budget_warnings(self, height: int, width: int) -> list[str]:
+        """The shortfall of ``--max-memory`` when even the smallest tiles do not fit it (they
+        run anyway, as TTSR's do), said once per image."""
+        if self.tile is not None or self.memory_budget is None:
+            return []
+        side = MIN_TILE + 2 * self.descriptor.tiling.reach
+        need = height * width * CANVAS_PIXEL_BYTES + side * side * self._pixel_bytes()
+        if need <= self.memory_budget:
+            return []
+        return [
+            f"the memory budget is too small for this image: even its smallest tiles need "
+            f"about {format_size(need - self.memory_budget)} more; they ran anyway"
+        ]
+
+    def _pixel_bytes(self) -> int:
+        """A tool pass's bytes per pixel at the run's precision."""
+        return TOOL_PIXEL_BYTES * (torch.finfo(self.precision).bits // 8) // 4
+
     def tiles(self, height: int, width: int) -> list[Tile]:
         """Tool tiles within the budget, each reading the tools' reach beyond its core."""
         reach = self.descriptor.tiling.reach
         if self.tile is not None:
             return plan_tiles(height, width, self.tile, reach)
         budget = self.memory_budget or default_memory_budget(self.device)
-        elem = torch.finfo(self.precision).bits // 8
-        per_pixel = TOOL_PIXEL_BYTES * elem // 4
         spare = budget - height * width * CANVAS_PIXEL_BYTES
-        return plan_grid(height, width, max(1, spare // per_pixel), reach)
+        return plan_grid(height, width, max(1, spare // self._pixel_bytes()), reach)
