@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -20,6 +20,7 @@ from ttsr_cli.archs.descriptor import Descriptor, Tiling
 from ttsr_cli.errors import TTSRError
 
 StateDict = dict[str, torch.Tensor]
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,14 @@ def check_declared(name: str, declared: Mapping[str, Any], actual: Mapping[str, 
         raise TTSRError(f"{name} metadata says {said} but tensors say {found}")
 
 
+def load_strictly(model: M, state: Mapping[str, torch.Tensor], name: str) -> M:
+    """``model`` with ``state`` loaded strictly, in eval mode; a mismatch is one line
+    (:func:`check_state_dict`) naming ``name``."""
+    check_state_dict(model, state, name)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
 def check_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], name: str) -> None:
     """Fail with one line naming missing, unexpected or mis-shaped tensors (before
     ``load_state_dict``, whose own message is many lines)."""
@@ -156,4 +165,5 @@ __all__ = [
     "families",
     "family",
     "load",
+    "load_strictly",
 ]

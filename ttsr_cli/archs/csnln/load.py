@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ttsr_cli.archs import Family, StateDict, check_declared, check_state_dict
+from ttsr_cli.archs import Family, StateDict, check_declared, load_strictly
 from ttsr_cli.archs.csnln.model import CSNLN, RGB_MEAN, CSNLNConfig
 from ttsr_cli.archs.descriptor import PRECISIONS, Descriptor, Tiling
 from ttsr_cli.errors import TTSRError
@@ -129,9 +129,7 @@ def build(state: StateDict, declared: Mapping[str, Any]) -> tuple[nn.Module, Des
     check_declared("CSNLN", declared, config.to_dict())
     model = CSNLN(config)
     name = f"CSNLN x{config.scale} (n_feats {config.n_feats}, depth {config.depth})"
-    check_state_dict(model, state, name)
-    model.load_state_dict(state, strict=True)
-    return model.eval(), describe(model)
+    return load_strictly(model, state, name), describe(model)
 
 
 def create(config: Mapping[str, Any]) -> tuple[nn.Module, Descriptor]:

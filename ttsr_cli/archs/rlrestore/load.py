@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ttsr_cli.archs import Family, StateDict, check_declared, check_state_dict
+from ttsr_cli.archs import Family, StateDict, check_declared, load_strictly
 from ttsr_cli.archs.descriptor import PRECISIONS, Descriptor, Tiling
 from ttsr_cli.archs.rlrestore.model import RLRestore, RLRestoreConfig
 from ttsr_cli.archs.rlrestore.tools import ResidualTool, ShallowTool
@@ -71,9 +71,8 @@ def build(state: StateDict, declared: Mapping[str, Any]) -> tuple[nn.Module, Des
     inferred = infer_config(state, int(declared.get("max_steps", 3)))
     check_declared("RL-Restore", declared, inferred.to_dict())
     model = RLRestore(inferred)
-    check_state_dict(model, state, f"RL-Restore ({len(inferred.tools)} tools)")
-    model.load_state_dict(state, strict=True)
-    return model.eval(), describe(model)
+    name = f"RL-Restore ({len(inferred.tools)} tools)"
+    return load_strictly(model, state, name), describe(model)
 
 
 def create(config: Mapping[str, Any]) -> tuple[nn.Module, Descriptor]:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ttsr_cli.archs import Family, StateDict, check_declared, check_state_dict
+from ttsr_cli.archs import Family, StateDict, check_declared, load_strictly
 from ttsr_cli.archs.descriptor import PRECISIONS, Descriptor, Tiling
 from ttsr_cli.archs.sftgan.condition import HIDDEN_LAYERS
 from ttsr_cli.archs.sftgan.generator import SCALE, SFTGAN, SFTGANConfig
@@ -140,9 +140,7 @@ def build(state: StateDict, declared: Mapping[str, Any]) -> tuple[nn.Module, Des
     check_declared("SFT-GAN", declared, config.to_dict())
     model = SFTGAN(config)
     name = f"SFT-GAN ({config.variant} layout, {config.num_blocks} blocks)"
-    check_state_dict(model, state, name)
-    model.load_state_dict(state, strict=True)
-    return model.eval(), describe(model)
+    return load_strictly(model, state, name), describe(model)
 
 
 def create(config: Mapping[str, Any]) -> tuple[nn.Module, Descriptor]:
@@ -168,9 +166,7 @@ def load_segmentation(state: Mapping[str, torch.Tensor]) -> OutdoorSceneSeg:
     if not any(key.endswith(_BATCHES_TRACKED) for key in state):
         expected = model.state_dict()
         state.update({k: v.clone() for k, v in expected.items() if k.endswith(_BATCHES_TRACKED)})
-    check_state_dict(model, state, "OutdoorSceneSeg (SFT-GAN's segmentation network)")
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    return load_strictly(model, state, "OutdoorSceneSeg (SFT-GAN's segmentation network)")
 
 
 FAMILY = Family(

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ttsr_cli.archs import Family, StateDict, check_state_dict
+from ttsr_cli.archs import Family, StateDict, load_strictly
 from ttsr_cli.archs.descriptor import Descriptor, Tiling
 from ttsr_cli.archs.ttsr.model import SCALE, TTSR, TTSRConfig
 from ttsr_cli.errors import TTSRError
@@ -92,9 +92,7 @@ def build(state: StateDict, declared: Mapping[str, Any]) -> tuple[nn.Module, Des
         if stated != config:
             raise TTSRError(f"weights metadata says {stated} but tensors say {config}")
     model = TTSR(config)
-    check_state_dict(model, state, "TTSR")
-    model.load_state_dict(state, strict=True)
-    return model.eval(), describe_config(config, model)
+    return load_strictly(model, state, "TTSR"), describe_config(config, model)
 
 
 def create(config: Mapping[str, Any]) -> tuple[nn.Module, Descriptor]:
