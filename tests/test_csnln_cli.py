@@ -21,9 +21,9 @@ from conftest import SHARED, TINY, run_cli, sample_image, save_png
 from ttsr_cli import archs
 from ttsr_cli.archs.ttsr import TTSR
 from ttsr_cli.metrics import score
-from ttsr_cli.pixels import degrade
+from ttsr_cli.pixels import degrade, pad_to_multiple
 from ttsr_cli.run import RunSettings, make_runner
-from ttsr_cli.run.csnln import CSNLNRunner, pad_to_multiple
+from ttsr_cli.run.csnln import CSNLNRunner
 from ttsr_cli.train import TrainOptions, load_config, train
 from ttsr_cli.weights import load, save_safetensors
 

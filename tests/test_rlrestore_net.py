@@ -12,7 +12,7 @@ from ttsr_cli import archs
 from ttsr_cli.archs.rlrestore import RLRestore, RLRestoreConfig
 from ttsr_cli.archs.rlrestore.agent import same_padding
 from ttsr_cli.archs.rlrestore.load import from_tensorflow
-from ttsr_cli.archs.rlrestore.toolchain import view_origins, views, vote
+from ttsr_cli.archs.rlrestore.toolchain import views, vote
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.run.rlrestore import RLRestoreRunner
 
@@ -103,8 +103,13 @@ def test_whole_image_votes_tie_to_the_tool_and_match(authors: RLRestore, parity:
     assert result.mode["votes"] == parity["whole_votes"].tolist()
     off = np.abs(result.sr.astype(np.int16) - parity["whole_final_u8"])
     assert off.max() <= 1 and (off > 0).mean() <= 1e-4
-    h, w = parity["whole_input_u8"].shape[:2]
-    assert view_origins(h, w) == [tuple(o) for o in parity["whole_tile_origin"].tolist()]
+    # the views are the authors' tiles, in their order
+    image = nchw(parity["whole_input_u8"][None].astype(np.float32) / 255)
+    origins = parity["whole_tile_origin"].tolist()
+    seen = views(image)
+    assert len(seen) == len(origins)
+    for view, (top, left) in zip(seen, origins, strict=True):
+        assert torch.equal(view, image[0, :, top : top + 63, left : left + 63])
 
 
 def test_tiles_give_the_untiled_chain(authors: RLRestore, parity: dict) -> None:

@@ -104,3 +104,13 @@ def degrade(hr: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 def final_size(size: tuple[int, int], outscale: float) -> tuple[int, int]:
     """``(width, height)`` of an input of ``size`` at ``outscale`` (at least one pixel)."""
     return tuple(max(1, round(side * outscale)) for side in size)  # type: ignore[return-value]
+
+
+def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
+    """``image`` mirrored at the bottom and right up to sides that are multiples of
+    ``multiple`` (symmetric padding, so a single-pixel side repeats itself)."""
+    h, w = image.shape[:2]
+    extra = (-h % multiple, -w % multiple)
+    if extra == (0, 0):
+        return image
+    return np.pad(image, ((0, extra[0]), (0, extra[1]), (0, 0)), mode="symmetric")

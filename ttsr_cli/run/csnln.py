@@ -23,7 +23,7 @@ from ttsr_cli.archs.csnln.cost import attention_macs
 from ttsr_cli.archs.descriptor import Descriptor
 from ttsr_cli.devices import default_memory_budget
 from ttsr_cli.errors import TTSRError
-from ttsr_cli.pixels import bit_depth, to_image, to_tensor
+from ttsr_cli.pixels import bit_depth, pad_to_multiple, to_image, to_tensor
 from ttsr_cli.run.common import Progress, Runner, Upscaled, autocast
 from ttsr_cli.tiles import Tile, plan_grid, plan_tiles, ramp
 
@@ -139,13 +139,3 @@ class CSNLNRunner(Runner):
             x = x * self.rgb_range
         sr = self.model(x, chunk_bytes=chunk)[0, :, : h * self.scale, : w * self.scale]
         return sr / self.rgb_range if self.rgb_range != 1.0 else sr
-
-
-def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
-    """``image`` mirrored at the bottom and right up to sides that are multiples of
-    ``multiple`` (symmetric padding, so a single-pixel side repeats itself)."""
-    h, w = image.shape[:2]
-    extra = (-h % multiple, -w % multiple)
-    if extra == (0, 0):
-        return image
-    return np.pad(image, ((0, extra[0]), (0, extra[1]), (0, 0)), mode="symmetric")

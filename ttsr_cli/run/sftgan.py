@@ -19,9 +19,8 @@ from ttsr_cli.archs.descriptor import Descriptor
 from ttsr_cli.archs.sftgan import CLASSES
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.imresize import imresize
-from ttsr_cli.pixels import bit_depth, to_image
+from ttsr_cli.pixels import bit_depth, pad_to_multiple, to_image
 from ttsr_cli.run.common import Runner, Upscaled, autocast
-from ttsr_cli.run.csnln import pad_to_multiple
 
 #: What the segmentation network's input has subtracted, per BGR channel (0..255 scale).
 CAFFE_MEANS_BGR = (103.939, 116.779, 123.68)

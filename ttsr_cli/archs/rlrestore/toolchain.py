@@ -29,12 +29,6 @@ def views(image: torch.Tensor) -> torch.Tensor:
     return tiles.reshape(rows * cols, 3, VIEW, VIEW)
 
 
-def view_origins(height: int, width: int) -> list[tuple[int, int]]:
-    """Top-left corner (row, column) of each view, in the order :func:`views` gives them."""
-    rows, cols = max(height, VIEW) // VIEW, max(width, VIEW) // VIEW
-    return [(r * VIEW, c * VIEW) for r in range(rows) for c in range(cols)]
-
-
 def _mirror_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Symmetric padding at the bottom and right, repeated while the image is shorter than
     the pad (PyTorch's reflect needs the pad under the side)."""
