@@ -4,6 +4,9 @@ weights (``../shared/fixtures/rl-restore-official``) or a random toolbox."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -18,7 +21,9 @@ from conftest import require_rl_fixture, run_cli, sample_image, save_png
 from ttsr_cli import archs, run
 from ttsr_cli.archs.rlrestore import RLRestore, RLRestoreConfig
 from ttsr_cli.archs.rlrestore.load import from_tensorflow
+from ttsr_cli.degrade import degrade_u8
 from ttsr_cli.errors import TTSRError
+from ttsr_cli.metrics import psnr_rgb
 from ttsr_cli.weights import load as load_weights
 from ttsr_cli.weights import save_safetensors
 
@@ -105,12 +110,48 @@ def test_models_of_the_wrong_kind_are_refused_in_one_line(
     for args, expected in (
         (("restore", photo, "-w", tiny_weights), "where a RL-Restore"),
         (("upscale", photo, "-w", small_weights), "use ttsr restore"),
-        (("restore", photo), "no restoration model is bundled"),
     ):
         result = run_cli(*args)
         assert result.returncode == 2, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert not (tmp_path / "photo_restored.png").exists()
+
+
+def run_offline(*args: str | Path, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``ttsr ARGS`` with the Hub unreachable and an empty cache, as on a machine offline."""
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), **env}
+    return subprocess.run(
+        [sys.executable, "-m", "ttsr_cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **offline},
+    )
+
+
+def test_a_plain_restore_uses_the_bundled_model_offline_and_restores(tmp_path: Path) -> None:
+    """``ttsr restore photo -o out`` names no model and reaches no network: the registry's
+    bundled ``rl-restore`` undoes a good part of the paper's moderate damage."""
+    clean = sample_image("coffee", (160, 120))
+    damaged, _ = degrade_u8(clean, "moderate", seed=3, index=0)
+    photo = save_png(tmp_path / "photo.png", damaged)
+    result = run_offline("restore", photo, "-o", tmp_path / "out.png", "--json", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [record] = json.loads(result.stdout)["results"]
+    assert 1 <= len(record["tools"]) <= 3
+    restored = np.asarray(Image.open(tmp_path / "out.png").convert("RGB"))
+    assert psnr_rgb(restored, clean) > psnr_rgb(damaged, clean) + 1.0
+
+
+def test_a_registry_without_a_restoration_default_says_so(tmp_path: Path) -> None:
+    registry = tmp_path / "registry.toml"
+    registry.write_text('default = "ttsr"\n', encoding="utf-8")
+    photo = save_png(tmp_path / "photo.png", sample_image("coffee", (64, 64)))
+    result = run_offline("restore", photo, tmp_path=tmp_path, TTSR_REGISTRY=str(registry))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no default restoration model" in lines[0], result.stderr
     assert not (tmp_path / "photo_restored.png").exists()
 
 

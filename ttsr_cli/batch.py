@@ -187,14 +187,16 @@ def torchrun_shard() -> str | None:
 
 
 def check_extras(extras: UpscaleOptions, descriptor: Descriptor) -> None:
-    """Pictures the model can give: attention maps need a reference search, priors a model
-    that takes them."""
+    """Pictures the model can give, and priors it can take: attention maps need a reference
+    search, priors a model that takes them."""
     if extras.attention_dir is not None and not descriptor.takes_reference:
         raise TTSRError(
             f"--save-attention: a {descriptor.family} model has no reference search to picture"
         )
     if extras.priors_dir is not None and descriptor.prior is None:
         raise TTSRError(f"--save-priors: a {descriptor.family} model takes no priors")
+    if extras.seg_maps is not None and descriptor.prior is None:
+        raise TTSRError(f"--seg-maps: a {descriptor.family} model takes no priors")
 
 
 def reference_options(
@@ -286,8 +288,11 @@ def plan(
 
 def check_outputs(sources: Sequence[Source], outputs: OutputOptions) -> None:
     """Everything about the outputs that can be known before any work (exit 2): the
-    options, and that every folder to be written can take files."""
+    options, that one ``--seg-maps`` file serves one input, and that every folder to be
+    written can take files."""
     _check_output_options(sources, outputs)
+    if outputs.extras.seg_maps is not None:
+        outputs.extras.seg_maps.check_inputs(len(sources))
     to_folder = _writes_to_folder(outputs.target, len(sources))
     folders = [_destination(source, outputs, to_folder).parent for source in sources]
     extras = outputs.extras

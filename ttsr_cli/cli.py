@@ -22,6 +22,7 @@ from ttsr_cli.naming import RESTORED_SUFFIX, UPSCALED_SUFFIX
 if TYPE_CHECKING:
     from ttsr_cli import batch, matching, run
     from ttsr_cli.evaluate import Benchmark, Report
+    from ttsr_cli.priors import PriorMaps
 
 #: Options every command shares, declared once.
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on failure.")]
@@ -208,6 +209,22 @@ def upscale(
             "which makes the generator's priors from the image."
         ),
     ] = None,
+    seg_maps: Annotated[
+        Path | None,
+        typer.Option(
+            help="SFT-GAN: the priors as files instead of --seg-weights' network, at the "
+            "output's size: FILE.npy (8xHxW probabilities or HxW class indices) or a PNG (the "
+            "classes in the authors' palette, or grey indices 0-7); a folder of STEM.npy or "
+            "STEM.png for several inputs (without one, an input takes --seg-weights' priors).",
+        ),
+    ] = None,
+    seg_palette: Annotated[
+        Path | None,
+        typer.Option(
+            help="SFT-GAN: the colours of --seg-maps' PNGs, one 'CLASS R G B' line each "
+            "(classes: background sky water grass mountain building plant animal)."
+        ),
+    ] = None,
     save_priors: Annotated[
         Path | None,
         typer.Option(
@@ -232,8 +249,8 @@ def upscale(
         str,
         typer.Option(
             help="Restore each input (blur, noise, JPEG) before upscaling: none, auto (the "
-            "registry's default restoration model; none is bundled yet), or an RL-Restore model's "
-            "name, weights file or folder.",
+            "registry's default restoration model, the bundled rl-restore), or an RL-Restore "
+            "model's name, weights file or folder.",
         ),
     ] = "none",
     restore_ref: Annotated[
@@ -260,10 +277,20 @@ def upscale(
 
     with reported_errors(debug):
         start = time.perf_counter()
+        given = _prior_maps(seg_maps, seg_palette, fallback=seg_weights is not None)
         settings = run.settings(
-            device, precision, max_memory, tile, search, attention, seg_weights=seg_weights
+            device,
+            precision,
+            max_memory,
+            tile,
+            search,
+            attention,
+            seg_weights=seg_weights,
+            seg_maps=given is not None,
         )
-        extras = UpscaleOptions(outscale, save_attention, compare, priors_dir=save_priors)
+        extras = UpscaleOptions(
+            outscale, save_attention, compare, priors_dir=save_priors, seg_maps=given
+        )
         outputs = batch.OutputOptions(output, suffix, output_format, quality, skip_existing, extras)
         shard = shard or batch.torchrun_shard()
         sources = batch.select_shard(batch.collect_inputs(images, recursive, suffix), shard)
@@ -278,6 +305,17 @@ def upscale(
         warnings = batch.check_references(jobs, runner.descriptor.scale)
         report = _Report(len(jobs), quiet, verbose, debug, str(settings.device), warnings)
         _run_jobs(runner, jobs, outputs, report, start, json_output)
+
+
+def _prior_maps(folder: Path | None, palette: Path | None, fallback: bool) -> PriorMaps | None:
+    """``--seg-maps`` (with ``--seg-palette``'s colours), checked before any work."""
+    if folder is None:
+        if palette is not None:
+            raise TTSRError("--seg-palette gives the colours of --seg-maps' PNGs: add --seg-maps")
+        return None
+    from ttsr_cli.priors import PriorMaps, read_palette
+
+    return PriorMaps(folder, read_palette(palette) if palette else None, fallback)
 
 
 def _run_jobs(
@@ -309,7 +347,7 @@ def restore(
             "-w",
             help="An RL-Restore model: the authors' TensorFlow folder (toolbox/, models/) as "
             "it is, a ttsr .safetensors, or hf://OWNER/REPO/FILE[@REVISION]. Without it and "
-            "--model: the registry's default restoration model (none is bundled yet).",
+            "--model: the registry's default restoration model (the bundled rl-restore).",
         ),
     ] = None,
     model: ModelOption = None,
@@ -769,7 +807,7 @@ def evaluate(
         str | None,
         typer.Option(
             help="With --degrade and an SR model: restore the damaged LR first, with auto (the "
-            "default restoration model; none is bundled yet) or an RL-Restore model's name, "
+            "default restoration model, the bundled rl-restore) or an RL-Restore model's name, "
             "weights file or folder.",
         ),
     ] = None,

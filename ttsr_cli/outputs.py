@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from ttsr_cli.imageio import ImageData, output_format, read_image, to_8bit, writ
 from ttsr_cli.pictures import attention_picture, compare_sheet, most_used_region, source_picture
 from ttsr_cli.pixels import resize_bicubic
 from ttsr_cli.run.common import Runner, Upscaled
+
+if TYPE_CHECKING:
+    from ttsr_cli.priors import PriorMaps
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,8 @@ class UpscaleOptions:
     folder for ``STEM_attention.png`` and ``STEM_source.png`` (models with a reference
     search); ``compare``: ``STEM_compare.png`` beside the output; ``steps_dir``: folder for
     ``STEM_stepK_toolNN.png``, the image after each tool (RL-Restore); ``priors_dir``:
-    folder for ``STEM_segmentation.png`` and ``STEM_prob_CLASS.png`` (SFT-GAN's priors).
+    folder for ``STEM_segmentation.png`` and ``STEM_prob_CLASS.png`` (SFT-GAN's priors);
+    ``seg_maps``: SFT-GAN priors given as files (``--seg-maps``), read for each input.
     STEM is the output's, so runs to different outputs never overwrite each other's pictures.
     """
 
@@ -38,6 +42,7 @@ class UpscaleOptions:
     compare: bool = False
     steps_dir: Path | None = None
     priors_dir: Path | None = None
+    seg_maps: PriorMaps | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,10 @@ def upscale_file(
         raise InputError(f"{source}: refusing to overwrite the input with its own output")
     output_format(destination)
     image = read_image(source)
+    if options.seg_maps is not None:
+        scale = runner.descriptor.scale
+        output_size = (image.size[0] * scale, image.size[1] * scale)
+        references = options.seg_maps.read(source, output_size)
     sr, result = runner.upscale_image(image, references, options.outscale)
     write_image(destination, sr, quality)
     if options.attention_dir is not None and result.attention is not None:

@@ -84,7 +84,7 @@ class Model:
 class Registry:
     """The models by name, the default's name, and the folder holding bundled files and
     cards.  ``default_restore``: the model ``ttsr restore`` (and ``upscale --restore auto``)
-    uses when none is named; empty while no restoration model is bundled."""
+    uses when none is named (empty: none, and ``restore`` then needs a model named)."""
 
     default: str
     models: dict[str, Model]
@@ -214,8 +214,9 @@ def _default(registry: Registry, purpose: str) -> Path:
     entry = registry.models.get(name)
     if purpose == "restore" and entry is None:
         raise TTSRError(
-            "no restoration model is bundled yet: name one, a weights file or a model "
-            "(ttsr models lists them); the RL-Restore authors' checkpoint folder loads as it is"
+            "the model registry has no default restoration model (default_restore): name "
+            "one with --model or --weights (ttsr models lists them; the RL-Restore authors' "
+            "checkpoint folder loads as it is)"
         )
     if entry is None or not (registry.root / str(entry.file)).is_file():
         raise TTSRError(

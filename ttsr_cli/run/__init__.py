@@ -23,6 +23,7 @@ def settings(
     attention: str = "auto",
     max_steps: int | None = None,
     seg_weights: str | None = None,
+    seg_maps: bool = False,
 ) -> RunSettings:
     """:class:`RunSettings` from the command line's words (``--device cuda``,
     ``--max-memory 2GB``): every command that runs a model reads them the same way."""
@@ -36,6 +37,7 @@ def settings(
         attention=attention,
         max_steps=max_steps,
         seg_weights=seg_weights,
+        seg_maps=seg_maps,
     )
 
 
@@ -62,20 +64,24 @@ def load_runner(
     name = next(k for k, v in PRECISIONS.items() if v == run.precision)
     if name not in descriptor.dtypes:
         raise TTSRError(f"--precision {name}: a {descriptor.family} model does not run in it")
-    return make_runner(network, descriptor, run, _segmentation(descriptor, run.seg_weights))
+    return make_runner(network, descriptor, run, _segmentation(descriptor, run))
 
 
-def _segmentation(descriptor: Descriptor, seg_weights: str | None) -> nn.Module | None:
+def _segmentation(descriptor: Descriptor, run: RunSettings) -> nn.Module | None:
     """The network that makes an SFT-GAN's priors (``--seg-weights``); refused for a model
-    that takes none, required by one that does."""
+    that takes none, required by one that does unless ``--seg-maps`` gives the priors."""
+    seg_weights = run.seg_weights
     if descriptor.prior is None:
         if seg_weights is not None:
             raise TTSRError(f"--seg-weights: a {descriptor.family} model takes no priors")
         return None
     if seg_weights is None:
+        if run.seg_maps:
+            return None
         raise TTSRError(
             f"a {descriptor.family} generator needs its segmentation network: pass "
-            "--seg-weights FILE (the authors' segmentation_OST_bic.pth)"
+            "--seg-weights FILE (the authors' segmentation_OST_bic.pth), or give the priors "
+            "with --seg-maps"
         )
     from ttsr_cli.archs.sftgan.load import load_segmentation
 
@@ -157,7 +163,7 @@ def make_runner(
             settings.keep_steps,
             settings.channels_last,
         )
-    if descriptor.family == "sftgan" and segmentation is not None:
+    if descriptor.family == "sftgan":
         from ttsr_cli.run.sftgan import SFTGANRunner
 
         return SFTGANRunner(model, descriptor, segmentation, settings.device, settings.precision)

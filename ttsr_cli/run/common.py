@@ -31,7 +31,8 @@ class RunSettings:
     ``attention``: CSNLN's attention, exact, windowed or auto.  ``max_steps``: the most
     tools RL-Restore applies (None: the model's own); ``keep_steps``: keep each step's image
     (``--save-steps``).  ``seg_weights``: the segmentation network an SFT-GAN's priors come
-    from (``--seg-weights``).  ``channels_last``: run
+    from (``--seg-weights``); ``seg_maps``: whether they come from files instead
+    (``--seg-maps``), which makes the network optional.  ``channels_last``: run
     TTSR's convolutions in NHWC (faster on CPUs and tensor cores; the model is converted in
     place, so a trainer validating its own model passes its layout).
     """
@@ -46,6 +47,7 @@ class RunSettings:
     max_steps: int | None = None
     keep_steps: bool = False
     seg_weights: str | None = None
+    seg_maps: bool = False
 
 
 @dataclass

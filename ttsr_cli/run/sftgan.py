@@ -17,9 +17,10 @@ from torch import nn
 
 from ttsr_cli.archs.descriptor import Descriptor
 from ttsr_cli.archs.sftgan import CLASSES
-from ttsr_cli.errors import TTSRError
+from ttsr_cli.errors import InputError, TTSRError
 from ttsr_cli.imresize import imresize
 from ttsr_cli.pixels import bit_depth, pad_to_multiple, to_image
+from ttsr_cli.priors import PALETTE
 from ttsr_cli.run.common import Runner, Upscaled, autocast
 
 #: What the segmentation network's input has subtracted, per BGR channel (0..255 scale).
@@ -34,24 +35,32 @@ class SFTGANRunner(Runner):
         self,
         model: nn.Module,
         descriptor: Descriptor,
-        segmentation: nn.Module,
+        segmentation: nn.Module | None,
         device: torch.device,
         precision: torch.dtype = torch.float32,
     ) -> None:
         self.model = model.to(device).eval()
-        self.segmentation = segmentation.to(device).eval()
+        self.segmentation = None if segmentation is None else segmentation.to(device).eval()
         self.descriptor, self.device, self.precision = descriptor, device, precision
 
     @torch.inference_mode()
     def upscale_detailed(self, lr: np.ndarray, references: object = None) -> Upscaled:
         """x4 of ``lr`` under its segmentation priors; ``mode["classes"]`` gives each class's
-        share of the output's pixels (by arg-max)."""
-        if references:
+        share of the output's pixels (by arg-max).  ``references``: SFT-GAN searches none, but
+        takes given priors there (``--seg-maps``: float ``[8, 4H, 4W]``), which replace the
+        segmentation network's."""
+        if references is not None and not isinstance(references, np.ndarray):
             raise TTSRError("SFT-GAN takes no reference image (its priors come from the image)")
         h, w = lr.shape[:2]
         top = 65535.0 if bit_depth(lr) == 16 else 255.0
-        rgb = pad_to_multiple(lr, self.descriptor.size_multiple).astype(np.float64) / top
-        priors = self.priors(rgb)
+        multiple = self.descriptor.size_multiple
+        rgb = pad_to_multiple(lr, multiple).astype(np.float64) / top
+        if references is None:
+            priors = self.priors(rgb)
+        else:
+            given = pad_to_multiple(references.transpose(1, 2, 0), multiple * self.descriptor.scale)
+            priors = torch.from_numpy(np.ascontiguousarray(given.transpose(2, 0, 1))[None])
+            priors = priors.to(self.device)
         x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))[None]).float()
         with autocast(self.device, self.precision):
             sr = self.model(x.to(self.device), priors).float()
@@ -63,6 +72,11 @@ class SFTGANRunner(Runner):
 
     def priors(self, rgb: np.ndarray) -> torch.Tensor:
         """``[1, 8, 4H, 4W]`` class probabilities of ``rgb`` (``[H, W, 3]`` on [0, 1])."""
+        if self.segmentation is None:
+            raise InputError(
+                "no priors for this image: give --seg-weights (the segmentation network) or a "
+                "map in --seg-maps"
+            )
         bgr = imresize(rgb[..., ::-1], self.descriptor.scale) * 255 - CAFFE_MEANS_BGR
         x = torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1))[None]).float()
         with autocast(self.device, self.precision):
@@ -74,19 +88,6 @@ def shares(priors: torch.Tensor) -> dict[str, float]:
     counts = torch.bincount(priors[0].argmax(0).flatten(), minlength=len(CLASSES))
     total = float(counts.sum())
     return {name: round(float(n) / total, 4) for name, n in zip(CLASSES, counts, strict=True)}
-
-
-#: The official colour of each class (``test_segmentation.py``'s lookup table), RGB.
-PALETTE = (
-    (153, 153, 153),
-    (0, 255, 255),
-    (109, 158, 235),
-    (183, 225, 205),
-    (153, 0, 255),
-    (17, 85, 204),
-    (106, 168, 79),
-    (224, 102, 102),
-)
 
 
 def prior_pictures(priors: np.ndarray) -> dict[str, np.ndarray]:
