@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hub_server import fake_hub
@@ -255,7 +256,8 @@ CSNLN = ("csnln-x2", "csnln-x3", "csnln-x4")
 
 def test_packaged_registry() -> None:
     registry = load_registry()
-    assert set(registry.models) == {"ttsr", "ttsr-rec", "ttsr-gan", "rl-restore-authors", *CSNLN}
+    named = {"ttsr", "ttsr-rec", "ttsr-gan", "rl-restore-authors", "rl-restore", *CSNLN}
+    assert set(registry.models) == named | {"sftgan", "sftgan-pytorch"}
     for entry in registry.models.values():
         assert (registry.root / entry.card).is_file()
     for name in ("ttsr-rec", "ttsr-gan"):
@@ -267,7 +269,13 @@ def test_packaged_registry() -> None:
     restorer = registry.models["rl-restore-authors"]
     assert (restorer.family, restorer.scale, restorer.reference) == ("rl-restore", 1, False)
     assert restorer.hub is not None and restorer.hub.repo_env == "RL_RESTORE_HUB_REPO"
-    assert registry.default_restore == ""  # none bundled yet
+    assert registry.default_restore == "rl-restore"
+    assert registry.models["rl-restore"].file == "rl-restore.safetensors"
+    for name in ("sftgan", "sftgan-pytorch"):
+        entry = registry.models[name]
+        assert (entry.family, entry.scale, entry.reference) == ("sftgan", 4, False)
+        assert entry.hub is not None and entry.hub.repo_env == "SFTGAN_HUB_REPO"
+        assert entry.source("segmentation").endswith("/segmentation_OST_bic.pth@main")
 
 
 @pytest.mark.parametrize(
@@ -324,3 +332,77 @@ def test_the_bundled_default_is_the_lite_model_it_claims() -> None:
     assert hashlib.sha256(data).hexdigest() == entry.sha256
     config = load(path)[1].config
     assert {k: config[k] for k in entry.config} == entry.config
+
+
+SFT_REPO = "test-org/sftgan-tiny"
+
+
+def write_sftgan_registry(folder: Path, seg_sha256: str = "") -> Path:
+    """A registry whose ``sft`` is a Hub generator with its segmentation file beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "registry.toml"
+    path.write_text(
+        f"""
+[models.sft]
+family = "sftgan"
+scale = 4
+reference = false
+description = "tiny SFT-GAN on the Hub"
+hub = {{ repo = "{SFT_REPO}", file = "gen.pth", revision = "main" }}
+segmentation = {{ file = "seg.pth", sha256 = "{seg_sha256}" }}
+license = "MIT"
+card = "sft.md"
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def sft_generator() -> bytes:
+    from ttsr_cli import archs
+
+    torch.manual_seed(0)
+    config = {"num_blocks": 1, "channels": 8, "cond_channels": 4, "cond_hidden": 8}
+    model, _ = archs.family("sftgan").create(config)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def test_a_named_sftgan_fetches_its_segmentation_file_beside_its_weights(
+    tmp_path: Path, image: Path, sft_generator: bytes
+) -> None:
+    """The segmentation file comes from the generator's repository and is checked against
+    its own sha256; with ``--seg-maps`` it is not fetched at all."""
+    junk = b"not a segmentation network"
+    registry = write_sftgan_registry(tmp_path / "models", "0" * 64)
+    env = {"HF_HOME": str(tmp_path / "hf"), "TTSR_REGISTRY": str(registry)}
+    maps = tmp_path / "maps.npy"
+    np.save(maps, np.zeros((8, 80, 96), np.float32))
+    out = tmp_path / "out.png"
+    with fake_hub() as hub:
+        hub.files[(SFT_REPO, "gen.pth")] = sft_generator
+        hub.files[(SFT_REPO, "seg.pth")] = junk
+        served = {**env, "HF_ENDPOINT": hub.url}
+        given = ttsr("upscale", image, "-m", "sft", "--seg-maps", maps, "-o", out, env=served)
+        assert given.returncode == 0, given.stderr
+        assert not any("seg.pth" in r for r in hub.requests)
+        result = ttsr("upscale", image, "-m", "sft", "-o", tmp_path / "b.png", env=served)
+        one_error_line(result, "model 'sft': hf://test-org/sftgan-tiny/seg.pth@main has sha256")
+        assert any(r.startswith(f"GET /{SFT_REPO}/resolve/main/seg.pth") for r in hub.requests)
+    registry = write_sftgan_registry(tmp_path / "models", hashlib.sha256(junk).hexdigest())
+    with fake_hub() as hub:
+        hub.files[(SFT_REPO, "gen.pth")] = sft_generator
+        hub.files[(SFT_REPO, "seg.pth")] = junk
+        result = ttsr(
+            "upscale",
+            image,
+            "-m",
+            "sft",
+            "-o",
+            tmp_path / "c.png",
+            env={**env, "HF_ENDPOINT": hub.url},
+        )
+        one_error_line(result, "seg.pth")
+    assert not (tmp_path / "b.png").exists() and not (tmp_path / "c.png").exists()

@@ -17,7 +17,7 @@ import hashlib
 import os
 import socket
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,9 @@ class Model:
     """One registry entry: exactly one of ``file`` (bundled) and ``hub`` is set.  ``family``
     (a package of :mod:`ttsr_cli.archs`), ``scale`` and ``reference`` (whether it searches a
     reference image) are stated here so that ``ttsr models`` can list them without loading
-    anything; loading checks them against the weights."""
+    anything; loading checks them against the weights.  ``segmentation``: the file of the
+    network that makes an SFT-GAN's priors, stored where the weights are (bundled beside them,
+    or in the same Hub repository and revision), checked against ``segmentation_sha256``."""
 
     name: str
     description: str
@@ -75,9 +77,22 @@ class Model:
     hub: HubFile | None = None
     config: dict[str, Any] = field(default_factory=dict)
     published: dict[str, list[float]] = field(default_factory=dict)
+    segmentation: str | None = None
+    segmentation_sha256: str = ""
 
-    def source(self) -> str:
-        return self.hub.url() if self.hub else f"bundled:{self.file}"
+    def source(self, part: str = "weights") -> str:
+        where, _ = self.part(part)
+        return where.url() if isinstance(where, HubFile) else f"bundled:{where}"
+
+    def part(self, which: str = "weights") -> tuple[HubFile | str, str]:
+        """Where one of the entry's files is (a Hub file, or a bundled file's name) and its
+        sha256: ``weights``, or ``segmentation`` (SFT-GAN's priors network)."""
+        if which == "weights":
+            return (self.hub or str(self.file)), self.sha256
+        if which != "segmentation" or self.segmentation is None:
+            raise TTSRError(f"model '{self.name}' has no {which} file")
+        where = replace(self.hub, file=self.segmentation) if self.hub else self.segmentation
+        return where, self.segmentation_sha256
 
 
 @dataclass(frozen=True)
@@ -139,9 +154,8 @@ def _parse_model(name: str, table: dict[str, Any]) -> Model:
     if ("file" in table) == ("hub" in table):
         raise ValueError("needs exactly one of 'file' (bundled) and 'hub'")
     hub = HubFile(**table["hub"]) if "hub" in table else None
-    sha256 = table.get("sha256", "").lower()
-    if sha256 and (len(sha256) != 64 or set(sha256) - set("0123456789abcdef")):
-        raise ValueError("sha256 must be 64 hex digits or empty")
+    sha256 = _digest(table.get("sha256", ""))
+    segmentation = dict(table.get("segmentation", {}))
     description, license_, card = table["description"], table["license"], table["card"]
     family, scale, reference = str(table["family"]), table["scale"], table["reference"]
     if not isinstance(scale, int) or scale < 1:
@@ -159,7 +173,16 @@ def _parse_model(name: str, table: dict[str, Any]) -> Model:
         hub=hub,
         config=dict(table.get("config", {})),
         published=dict(table.get("published", {})),
+        segmentation=segmentation.get("file"),
+        segmentation_sha256=_digest(segmentation.get("sha256", "")),
     )
+
+
+def _digest(text: str) -> str:
+    sha256 = text.lower()
+    if sha256 and (len(sha256) != 64 or set(sha256) - set("0123456789abcdef")):
+        raise ValueError("sha256 must be 64 hex digits or empty")
+    return sha256
 
 
 def resolve(
@@ -239,22 +262,25 @@ def parse_hf_url(url: str) -> HubFile:
     return HubFile(f"{parts[0]}/{parts[1]}", parts[2], revision or None)
 
 
-def fetch(registry: Registry, entry: Model) -> Path:
-    """The entry's weights as a local file whose sha256 (when known) has been checked."""
-    if entry.hub is None:
-        path = registry.root / str(entry.file)
+def fetch(registry: Registry, entry: Model, part: str = "weights") -> Path:
+    """One of the entry's files (:meth:`Model.part`) as a local file whose sha256 (when
+    known) has been checked."""
+    where, _ = entry.part(part)
+    if not isinstance(where, HubFile):
+        path = registry.root / where
         if not path.is_file():
             raise TTSRError(f"model '{entry.name}': bundled file {path} is missing")
-        _check_sha256(entry, path, downloaded=False)
+        _check_sha256(entry, part, path, downloaded=False)
         return path
-    if not entry.hub.repo_id():
+    if not where.repo_id():
+        option = "--weights" if part == "weights" else "--seg-weights"
         raise TTSRError(
             f"model '{entry.name}': its Hub repository is not known; set "
-            f"{entry.hub.repo_env}=OWNER/REPO (the repository holding {entry.hub.file}) or "
-            f"pass --weights with a local copy of {entry.hub.file}"
+            f"{where.repo_env}=OWNER/REPO (the repository holding {where.file}) or "
+            f"pass {option} with a local copy of {where.file}"
         )
-    path = _download(entry.hub)
-    _check_sha256(entry, path, downloaded=True)
+    path = _download(where)
+    _check_sha256(entry, part, path, downloaded=True)
     return path
 
 
@@ -303,21 +329,22 @@ def _download(hub: HubFile) -> Path:
         raise TTSRError(f"{url}: download failed ({first_line(exc)})") from None
 
 
-def _check_sha256(entry: Model, path: Path, downloaded: bool) -> None:
+def _check_sha256(entry: Model, part: str, path: Path, downloaded: bool) -> None:
     """A mismatch is an error; a downloaded file that fails is removed from the Hub cache,
     so the next run downloads it again instead of finding the same bad bytes."""
-    if not entry.sha256:
+    _, expected = entry.part(part)
+    if not expected:
         return
     actual = sha256_of(path)
-    if actual == entry.sha256:
+    if actual == expected:
         return
     action = ""
     if downloaded:
         _evict(path)
         action = "; the cached copy was deleted, the next run downloads it again"
     raise TTSRError(
-        f"model '{entry.name}': {entry.source()} has sha256 {actual[:12]}..., expected "
-        f"{entry.sha256[:12]}... (damaged or changed upstream){action}"
+        f"model '{entry.name}': {entry.source(part)} has sha256 {actual[:12]}..., expected "
+        f"{expected[:12]}... (damaged or changed upstream){action}"
     )
 
 
@@ -338,16 +365,21 @@ def _evict(path: Path) -> None:
 
 def status(registry: Registry, entry: Model) -> str:
     """``bundled``/``missing`` for bundled files; ``cached``/``not downloaded`` for Hub files
-    (looked up in the cache only, never on the network); ``repo unknown`` without a repo."""
-    if entry.hub is None:
-        return "bundled" if (registry.root / str(entry.file)).is_file() else "missing"
-    if not entry.hub.repo_id():
+    (looked up in the cache only, never on the network); ``repo unknown`` without a repo.  An
+    entry with a segmentation file is as ready as the less ready of its two files."""
+    parts = ["weights"] + (["segmentation"] if entry.segmentation else [])
+    found = [_part_status(registry, entry.part(part)[0]) for part in parts]
+    return next((s for s in found if s not in ("bundled", "cached")), found[0])
+
+
+def _part_status(registry: Registry, where: HubFile | str) -> str:
+    if not isinstance(where, HubFile):
+        return "bundled" if (registry.root / where).is_file() else "missing"
+    if not where.repo_id():
         return "repo unknown"
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(
-        entry.hub.repo_id(), entry.hub.file, revision=entry.hub.revision
-    )
+    cached = try_to_load_from_cache(where.repo_id(), where.file, revision=where.revision)
     return "cached" if isinstance(cached, str) else "not downloaded"
 
 
@@ -360,6 +392,7 @@ def describe(registry: Registry) -> dict[str, Any]:
                 "name": entry.name,
                 "description": entry.description,
                 "source": entry.source(),
+                "segmentation": entry.source("segmentation") if entry.segmentation else None,
                 "status": status(registry, entry),
                 "sha256": entry.sha256 or None,
                 "license": entry.license,

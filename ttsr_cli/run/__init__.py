@@ -3,6 +3,7 @@ chosen from the descriptor, each taking the same :class:`RunSettings`."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from torch import nn
@@ -61,10 +62,20 @@ def load_runner(
     named = registry.entry(model, weights_file, purpose)
     if named is not None:
         registry.check_loaded(named, descriptor.family, descriptor.scale)
+        run = _with_named_segmentation(named, run)
     name = next(k for k, v in PRECISIONS.items() if v == run.precision)
     if name not in descriptor.dtypes:
         raise TTSRError(f"--precision {name}: a {descriptor.family} model does not run in it")
     return make_runner(network, descriptor, run, _segmentation(descriptor, run))
+
+
+def _with_named_segmentation(named: registry.Model, run: RunSettings) -> RunSettings:
+    """A named SFT-GAN brings its own segmentation network (fetched like its weights) unless
+    ``--seg-weights`` names another or ``--seg-maps`` gives the priors."""
+    if named.segmentation is None or run.seg_weights is not None or run.seg_maps:
+        return run
+    found = registry.fetch(registry.load_registry(), named, "segmentation")
+    return replace(run, seg_weights=str(found))
 
 
 def _segmentation(descriptor: Descriptor, run: RunSettings) -> nn.Module | None:
