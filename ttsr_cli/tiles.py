@@ -149,17 +149,19 @@ def _reads(tiles: list[Tile]) -> list[int]:
     return [(t.y.read1 - t.y.read0) * (t.x.read1 - t.x.read0) for t in tiles]
 
 
-def plan_grid(lr_height: int, lr_width: int, max_pixels: int, overlap: int) -> list[Tile]:
+def plan_grid(
+    lr_height: int, lr_width: int, max_pixels: int, overlap: int, min_tile: int = MIN_TILE
+) -> list[Tile]:
     """Rows x columns of equal cores such that every tile reads at most ``max_pixels`` LR
     pixels, margins included, choosing the grid that reads the fewest pixels in all (margins
     are recomputed work).  Cores may be oblong: a 1000x750 image whose tiles may read 62k
     pixels (16-pixel margins) takes 4 x 4 cores of 250x188, where square ones would need
-    4 x 5.  Never cores under :data:`MIN_TILE` a side: a run that is tight on memory should
+    4 x 5.  Never cores under ``min_tile`` a side: a run that is tight on memory should
     still try."""
     best: tuple[int, list[Span], list[Span]] | None = None
-    for rows in range(1, _most_spans(lr_height) + 1):
+    for rows in range(1, _most_spans(lr_height, min_tile) + 1):
         ys = split(lr_height, rows, overlap)
-        for cols in range(1, _most_spans(lr_width) + 1):
+        for cols in range(1, _most_spans(lr_width, min_tile) + 1):
             xs = split(lr_width, cols, overlap)
             if _widest(ys) * _widest(xs) <= max_pixels:
                 work = _total(ys) * _total(xs)
@@ -167,12 +169,12 @@ def plan_grid(lr_height: int, lr_width: int, max_pixels: int, overlap: int) -> l
                     best = (work, ys, xs)
                 break  # more columns only add work
     if best is None:
-        return plan_tiles(lr_height, lr_width, MIN_TILE, overlap)
+        return plan_tiles(lr_height, lr_width, min_tile, overlap)
     return [Tile(y, x) for y in best[1] for x in best[2]]
 
 
-def _most_spans(length: int) -> int:
-    return max(1, -(-length // MIN_TILE))
+def _most_spans(length: int, min_tile: int) -> int:
+    return max(1, -(-length // min_tile))
 
 
 def _widest(parts: list[Span]) -> int:
@@ -245,6 +247,21 @@ def ramp(span: Span, length: int, overlap: int, scale: int) -> np.ndarray:
     if span.core1 < length:
         weight = np.minimum(weight, np.clip((span.core1 - centres) / width + 0.5, 0, 1))
     return weight.astype(np.float32)
+
+
+def plan_aligned(height: int, width: int, max_pixels: int, overlap: int, align: int) -> list[Tile]:
+    """:func:`plan_grid` on blocks of ``align`` pixels: every core and read starts at a
+    multiple of ``align`` (a network that down-samples by ``align`` then sees the same grid in
+    a tile as in the whole image), ``overlap`` rounded up to whole blocks."""
+    rows, cols, margin = -(-height // align), -(-width // align), -(-overlap // align)
+    blocks = plan_grid(rows, cols, max(1, max_pixels // align**2), margin, -(-MIN_TILE // align))
+    return [Tile(_times(t.y, align, height), _times(t.x, align, width)) for t in blocks]
+
+
+def _times(span: Span, factor: int, length: int) -> Span:
+    return Span(
+        *(min(v * factor, length) for v in (span.core0, span.core1, span.read0, span.read1))
+    )
 
 
 def core_slices(tile: Tile) -> tuple[slice, slice]:

@@ -177,7 +177,15 @@ def make_runner(
     if descriptor.family == "sftgan":
         from ttsr_cli.run.sftgan import SFTGANRunner
 
-        return SFTGANRunner(model, descriptor, segmentation, settings.device, settings.precision)
+        return SFTGANRunner(
+            model,
+            descriptor,
+            segmentation,
+            settings.device,
+            settings.precision,
+            settings.memory_budget,
+            settings.tile,
+        )
     raise ValueError(f"no runner for the {descriptor.family} family")
 
 

@@ -7,6 +7,13 @@ means; its 8 class probabilities, at the output size and unnormalised, are the g
 condition; the generator sees the LR in RGB on [0, 1].  An LR with an odd side, which the
 official code cannot run (the segmentation's size would not be 4x the LR's), is mirrored at
 the bottom and right to even sides, run, and the result cropped to exactly 4x the input.
+
+**Memory.**  Each network runs whole when the budget holds it, else in tiles.  The generator
+is local (:attr:`Descriptor.tiling` ``reach``), so tiles with that margin give the untiled
+pixels.  The segmentation is a dilated ResNet-101 at the output's size that sees far: its
+tiles start on its 8-pixel grid (so they down-sample as the whole image does) and read
+:data:`SEG_MARGIN` output pixels beyond their cores, which leaves the probabilities close to,
+not equal to, the untiled ones (``tests/benchmarks/bench_sftgan.py`` measures the seam cost).
 """
 
 from __future__ import annotations
@@ -17,19 +24,37 @@ from torch import nn
 
 from ttsr_cli.archs.descriptor import Descriptor
 from ttsr_cli.archs.sftgan import CLASSES
+from ttsr_cli.archs.sftgan.segmentation import STRIDE
+from ttsr_cli.devices import default_memory_budget
 from ttsr_cli.errors import InputError, TTSRError
 from ttsr_cli.imresize import imresize
 from ttsr_cli.pixels import bit_depth, pad_to_multiple, to_image
 from ttsr_cli.priors import PALETTE
-from ttsr_cli.run.common import Runner, Upscaled, autocast
+from ttsr_cli.run.common import Progress, Runner, Upscaled, autocast
+from ttsr_cli.tiles import Tile, core_slices, plan_aligned, plan_grid, plan_tiles
 
 #: What the segmentation network's input has subtracted, per BGR channel (0..255 scale).
 CAFFE_MEANS_BGR = (103.939, 116.779, 123.68)
+#: Working bytes of a segmentation pass per output pixel, and of a generator pass per LR
+#: pixel, in fp32: peak RSS grew by 631 bytes per output pixel from 256x256 to 512x512
+#: (segmentation) and by 11.8 KB per LR pixel from 64x64 to 128x128 (generator), plus a
+#: fixed 40-75 MB; rounded up for headroom.
+SEG_PIXEL_BYTES = 1024
+GEN_PIXEL_BYTES = 16384
+#: What a run keeps for the whole image per output pixel: the segmentation's input, the
+#: priors and the output, in fp32.
+CANVAS_PIXEL_BYTES = 4 * (3 + len(CLASSES) + 3)
+#: Output pixels a segmentation tile reads beyond its core on each side (a multiple of
+#: :data:`STRIDE`).
+SEG_MARGIN = 128
 
 
 class SFTGANRunner(Runner):
     """A generator and the segmentation network that makes its priors, on arrays (uint8 or
-    uint16 ``[H, W, 3]``; the same type out)."""
+    uint16 ``[H, W, 3]``; the same type out).  ``memory_budget`` (bytes) bounds one image's
+    run (None: half of what is free when it starts); ``tile`` forces generator tiles of that
+    many LR pixels a side (and segmentation tiles of the same output area); ``seg_margin``:
+    the segmentation tiles' margin in output pixels."""
 
     def __init__(
         self,
@@ -38,40 +63,47 @@ class SFTGANRunner(Runner):
         segmentation: nn.Module | None,
         device: torch.device,
         precision: torch.dtype = torch.float32,
+        memory_budget: int | None = None,
+        tile: int | None = None,
+        seg_margin: int = SEG_MARGIN,
     ) -> None:
         self.model = model.to(device).eval()
         self.segmentation = None if segmentation is None else segmentation.to(device).eval()
         self.descriptor, self.device, self.precision = descriptor, device, precision
+        self.memory_budget, self.tile, self.seg_margin = memory_budget, tile, seg_margin
 
     @torch.inference_mode()
     def upscale_detailed(self, lr: np.ndarray, references: object = None) -> Upscaled:
         """x4 of ``lr`` under its segmentation priors; ``mode["classes"]`` gives each class's
-        share of the output's pixels (by arg-max).  ``references``: SFT-GAN searches none, but
-        takes given priors there (``--seg-maps``: float ``[8, 4H, 4W]``), which replace the
+        share of the output's pixels (by arg-max), ``mode["segmentation_tiles"]`` how many
+        tiles the segmentation ran in.  ``references``: SFT-GAN searches none, but takes
+        given priors there (``--seg-maps``: float ``[8, 4H, 4W]``), which replace the
         segmentation network's."""
         if references is not None and not isinstance(references, np.ndarray):
             raise TTSRError("SFT-GAN takes no reference image (its priors come from the image)")
         h, w = lr.shape[:2]
         top = 65535.0 if bit_depth(lr) == 16 else 255.0
-        multiple = self.descriptor.size_multiple
+        scale, multiple = self.descriptor.scale, self.descriptor.size_multiple
         rgb = pad_to_multiple(lr, multiple).astype(np.float64) / top
+        gen_tiles = self.generator_tiles(*rgb.shape[:2])
         if references is None:
-            priors = self.priors(rgb)
+            seg_tiles = self.segmentation_tiles(rgb.shape[0] * scale, rgb.shape[1] * scale)
+            progress = Progress(self.device, self.on_tile, len(seg_tiles) + len(gen_tiles))
+            priors = self.priors(rgb, seg_tiles, progress)
         else:
-            given = pad_to_multiple(references.transpose(1, 2, 0), multiple * self.descriptor.scale)
+            seg_tiles = []
+            progress = Progress(self.device, self.on_tile, len(gen_tiles))
+            given = pad_to_multiple(references.transpose(1, 2, 0), multiple * scale)
             priors = torch.from_numpy(np.ascontiguousarray(given.transpose(2, 0, 1))[None])
-            priors = priors.to(self.device)
-        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))[None]).float()
-        with autocast(self.device, self.precision):
-            sr = self.model(x.to(self.device), priors).float()
-        scale = self.descriptor.scale
+        sr = self.generate(rgb, priors, gen_tiles, progress)
         sr, priors = sr[..., : h * scale, : w * scale], priors[..., : h * scale, : w * scale]
         image = to_image(sr, bit_depth(lr), signed=False)
-        mode = {"classes": shares(priors)}
-        return Upscaled(image, 1, mode, priors=priors[0].cpu().numpy())
+        mode = {"classes": shares(priors), "segmentation_tiles": len(seg_tiles)}
+        return Upscaled(image, len(gen_tiles), mode, priors=priors[0].numpy())
 
-    def priors(self, rgb: np.ndarray) -> torch.Tensor:
-        """``[1, 8, 4H, 4W]`` class probabilities of ``rgb`` (``[H, W, 3]`` on [0, 1])."""
+    def priors(self, rgb: np.ndarray, tiles: list[Tile], progress: Progress) -> torch.Tensor:
+        """``[1, 8, 4H, 4W]`` class probabilities of ``rgb`` (``[H, W, 3]`` on [0, 1]), on the
+        CPU, the segmentation run in ``tiles`` of the output."""
         if self.segmentation is None:
             raise InputError(
                 "no priors for this image: give --seg-weights (the segmentation network) or a "
@@ -79,8 +111,62 @@ class SFTGANRunner(Runner):
             )
         bgr = imresize(rgb[..., ::-1], self.descriptor.scale) * 255 - CAFFE_MEANS_BGR
         x = torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1))[None]).float()
-        with autocast(self.device, self.precision):
-            return self.segmentation(x.to(self.device)).float()
+        out = torch.empty(1, len(CLASSES), *x.shape[-2:])
+        for tile in tiles:
+            rows, cols = tile.read
+            with autocast(self.device, self.precision):
+                found = self.segmentation(x[..., rows, cols].to(self.device)).float().cpu()
+            core_rows, core_cols = core_slices(tile)
+            out[..., tile.core[0], tile.core[1]] = found[..., core_rows, core_cols]
+            progress.step()
+        return out
+
+    def generate(
+        self, rgb: np.ndarray, priors: torch.Tensor, tiles: list[Tile], progress: Progress
+    ) -> torch.Tensor:
+        """The generator's ``[1, 3, 4H, 4W]`` output (CPU), in ``tiles`` of the LR, each with
+        the priors under what it reads."""
+        scale = self.descriptor.scale
+        x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))[None]).float()
+        out = torch.empty(1, 3, x.shape[-2] * scale, x.shape[-1] * scale)
+        for tile in tiles:
+            rows, cols = tile.read
+            under = priors[..., _times(rows, scale), _times(cols, scale)]
+            with autocast(self.device, self.precision):
+                sr = self.model(x[..., rows, cols].to(self.device), under.to(self.device))
+            core_rows, core_cols = core_slices(tile)
+            target = (_times(tile.core[0], scale), _times(tile.core[1], scale))
+            out[(..., *target)] = sr.float().cpu()[
+                ..., _times(core_rows, scale), _times(core_cols, scale)
+            ]
+            progress.step()
+        return out
+
+    def generator_tiles(self, height: int, width: int) -> list[Tile]:
+        """LR tiles within the budget, each reading the generator's reach beyond its core."""
+        reach = self.descriptor.tiling.reach
+        if self.tile is not None:
+            return plan_tiles(height, width, self.tile, reach)
+        return plan_grid(height, width, self._spare(height, width) // GEN_PIXEL_BYTES, reach)
+
+    def segmentation_tiles(self, height: int, width: int) -> list[Tile]:
+        """Output-size tiles on the segmentation's grid within the budget (module docstring)."""
+        if self.tile is not None:
+            side = self.tile * self.descriptor.scale + 2 * self.seg_margin  # cores of the tile
+            return plan_aligned(height, width, side * side, self.seg_margin, STRIDE)
+        scale = self.descriptor.scale
+        spare = self._spare(height // scale, width // scale)
+        return plan_aligned(height, width, spare // SEG_PIXEL_BYTES, self.seg_margin, STRIDE)
+
+    def _spare(self, height: int, width: int) -> int:
+        """The budget less the whole-image canvases, for an LR of ``height x width``."""
+        budget = self.memory_budget or default_memory_budget(self.device)
+        scale = self.descriptor.scale
+        return max(1, budget - height * width * scale * scale * CANVAS_PIXEL_BYTES)
+
+
+def _times(span: slice, factor: int) -> slice:
+    return slice(span.start * factor, span.stop * factor)
 
 
 def shares(priors: torch.Tensor) -> dict[str, float]:
