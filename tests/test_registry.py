@@ -256,7 +256,7 @@ CSNLN = ("csnln-x2", "csnln-x3", "csnln-x4")
 
 def test_packaged_registry() -> None:
     registry = load_registry()
-    named = {"ttsr", "ttsr-rec", "ttsr-gan", "rl-restore-authors", "rl-restore", *CSNLN}
+    named = {"ttsr", "ttsr-rec", "ttsr-gan", "rl-restore-authors", *CSNLN}
     assert set(registry.models) == named | {"sftgan", "sftgan-pytorch"}
     for entry in registry.models.values():
         assert (registry.root / entry.card).is_file()
@@ -269,8 +269,7 @@ def test_packaged_registry() -> None:
     restorer = registry.models["rl-restore-authors"]
     assert (restorer.family, restorer.scale, restorer.reference) == ("rl-restore", 1, False)
     assert restorer.hub is not None and restorer.hub.repo_env == "RL_RESTORE_HUB_REPO"
-    assert registry.default_restore == "rl-restore"
-    assert registry.models["rl-restore"].file == "rl-restore.safetensors"
+    assert registry.default_restore == ""  # none bundled yet: its agent is still training
     for name in ("sftgan", "sftgan-pytorch"):
         entry = registry.models[name]
         assert (entry.family, entry.scale, entry.reference) == ("sftgan", 4, False)

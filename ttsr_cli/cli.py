@@ -249,7 +249,7 @@ def upscale(
         str,
         typer.Option(
             help="Restore each input (blur, noise, JPEG) before upscaling: none, auto (the "
-            "registry's default restoration model, the bundled rl-restore), or an RL-Restore "
+            "registry's default restoration model; none is bundled yet), or an RL-Restore "
             "model's name, weights file or folder.",
         ),
     ] = "none",
@@ -347,7 +347,7 @@ def restore(
             "-w",
             help="An RL-Restore model: the authors' TensorFlow folder (toolbox/, models/) as "
             "it is, a ttsr .safetensors, or hf://OWNER/REPO/FILE[@REVISION]. Without it and "
-            "--model: the registry's default restoration model (the bundled rl-restore).",
+            "--model: the registry's default restoration model (none is bundled yet).",
         ),
     ] = None,
     model: ModelOption = None,
@@ -807,7 +807,7 @@ def evaluate(
         str | None,
         typer.Option(
             help="With --degrade and an SR model: restore the damaged LR first, with auto (the "
-            "default restoration model, the bundled rl-restore) or an RL-Restore model's name, "
+            "default restoration model; none is bundled yet) or an RL-Restore model's name, "
             "weights file or folder.",
         ),
     ] = None,

@@ -10,12 +10,17 @@ episode when a tool lowers the PSNR (its reward, negative, is kept); that rule i
 only: the test path (and the joint stage) let the agent go on.
 
 Logged: the mean episode ``return`` (undiscounted PSNR gain, dB), ``length``, ``epsilon``,
-``memory`` (transitions held), and once learning has begun the ``loss`` and the mean
-``q``; ``samples_per_s`` counts episodes.
+``memory`` (transitions held), ``greedy`` (how many different first tools the greedy policy
+picks over the step's patches: 1 means the agent ignores its input, a collapse worth seeing
+early), and once learning has begun the mean ``loss`` and ``q``; ``samples_per_s`` counts
+episodes.
 
 **One step** plays ``--batch-size`` episodes in parallel (default 32), stores them, and,
-from step ``learn_start`` on, makes one update on ``--batch-size`` episodes sampled
-uniformly (with replacement) from the replay memory.  The target network is a copy of the
+from step ``learn_start`` on, makes ``updates`` updates, each on ``--batch-size`` episodes
+sampled uniformly (with replacement) from the replay memory.  The paper's 8 keeps the
+authors' replay ratio: they make one update of 32 transitions every 4 transitions played (8
+samples per transition played), and a step here plays about 80 transitions while an update
+samples 32 episodes, about 80.  The target network is a copy of the
 agent refreshed every ``target_sync`` steps.  Epsilon falls linearly from 1 to 0.1 over the
 first ``explore`` steps and stays there.  Adam at ``--lr`` (1e-4), multiplied by
 ``--lr-gamma`` every ``--lr-decay-steps`` updates.  The counts come from the configuration's
@@ -218,6 +223,7 @@ class Schedule:
     explore: int
     learn_start: int
     target_sync: int
+    updates: int = 1
 
 
 class AgentTrainer:
@@ -259,13 +265,22 @@ class AgentTrainer:
             "length": float(np.mean([len(e.actions) for e in episodes])),
             "epsilon": eps,
             "memory": float(self.memory.transitions),
+            "greedy": self._greedy_variety(images),
         }
         if self.step >= self.schedule.learn_start and len(self.memory) >= self.opts.batch_size:
-            logged.update(self._update(rng))
+            updates = [self._update(rng) for _ in range(self.schedule.updates)]
+            logged.update({key: float(np.mean([u[key] for u in updates])) for key in updates[0]})
         self.step += 1
         if self.step % self.schedule.target_sync == 0:
             self.target.load_state_dict(self.model.agent.state_dict())
         return logged
+
+    @torch.no_grad()
+    def _greedy_variety(self, images: torch.Tensor) -> float:
+        """How many different first actions the greedy agent takes on ``images``."""
+        agent = self.model.agent
+        q, _ = agent(images, agent.initial_state(images))
+        return float(q.argmax(1).unique().numel())
 
     def _update(self, rng: np.random.Generator) -> dict[str, float]:
         """One Adam step on a sample of the memory."""

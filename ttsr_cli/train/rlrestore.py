@@ -60,22 +60,34 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "tools": ["3-layer"] * 3,
         "units": 8,
         "max_steps": 3,
-        "dqn": {"memory": 400, "explore": 4, "learn_start": 1, "target_sync": 2},
+        "dqn": {"memory": 400, "explore": 4, "learn_start": 1, "target_sync": 2, "updates": 1},
     },
     "lite": {
         "tools": list(PAPER_TOOLS),
         "units": 50,
         "max_steps": 3,
-        "dqn": {"memory": 50_000, "explore": 6_000, "learn_start": 60, "target_sync": 125},
+        "dqn": {
+            "memory": 50_000,
+            "explore": 6_000,
+            "learn_start": 60,
+            "target_sync": 125,
+            "updates": 8,
+        },
     },
     "paper": {
         "tools": list(PAPER_TOOLS),
         "units": 50,
         "max_steps": 3,
-        "dqn": {"memory": 500_000, "explore": 6_000, "learn_start": 60, "target_sync": 125},
+        "dqn": {
+            "memory": 500_000,
+            "explore": 6_000,
+            "learn_start": 60,
+            "target_sync": 125,
+            "updates": 8,
+        },
     },
 }
-DQN_FIELDS = ("memory", "explore", "learn_start", "target_sync")
+DQN_FIELDS = ("memory", "explore", "learn_start", "target_sync", "updates")
 
 
 def checked(config: Mapping[str, Any]) -> dict[str, Any]:
