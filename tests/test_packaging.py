@@ -56,6 +56,8 @@ def test_the_wheel_carries_the_registry_and_the_bundled_model(tmp_path: Path) ->
         "csnln-x3",
         "csnln-x4",
         "rl-restore-authors",
+        "sftgan",
+        "sftgan-pytorch",
         "ttsr",
         "ttsr-gan",
         "ttsr-rec",
