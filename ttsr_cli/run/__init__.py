@@ -185,6 +185,7 @@ def make_runner(
             settings.precision,
             settings.memory_budget,
             settings.tile,
+            channels_last=settings.channels_last,
         )
     raise ValueError(f"no runner for the {descriptor.family} family")
 
