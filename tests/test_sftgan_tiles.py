@@ -102,3 +102,15 @@ def test_max_memory_tiles_through_the_command_line(generator: tuple, tmp_path: P
         outputs[budget] = (json.loads(result.stdout)["results"][0]["tiles"], out.read_bytes())
     assert outputs["4GB"][0] == 1 and outputs["4MB"][0] > 1
     assert outputs["4GB"][1] == outputs["4MB"][1]
+
+
+def test_a_budget_below_the_smallest_tiles_is_used_with_a_warning(generator: tuple) -> None:
+    model, descriptor = generator
+    lr, priors = sample_image("coffee", (60, 44)), one_hot_priors(176, 240)
+    cpu = torch.device("cpu")
+    tight = SFTGANRunner(model, descriptor, None, cpu, memory_budget=4 << 20)
+    result = tight.upscale_detailed(lr, priors)
+    assert result.tiles > 1 and len(result.warnings) == 1
+    assert "memory budget is too small" in result.warnings[0]
+    roomy = SFTGANRunner(model, descriptor, None, cpu, memory_budget=1 << 30)
+    assert not roomy.upscale_detailed(lr, priors).warnings

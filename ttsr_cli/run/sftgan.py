@@ -25,13 +25,13 @@ from torch import nn
 from ttsr_cli.archs.descriptor import Descriptor
 from ttsr_cli.archs.sftgan import CLASSES
 from ttsr_cli.archs.sftgan.segmentation import STRIDE
-from ttsr_cli.devices import default_memory_budget
+from ttsr_cli.devices import default_memory_budget, format_size
 from ttsr_cli.errors import InputError, TTSRError
 from ttsr_cli.imresize import imresize
 from ttsr_cli.pixels import bit_depth, pad_to_multiple, to_image
 from ttsr_cli.priors import PALETTE
 from ttsr_cli.run.common import Progress, Runner, Upscaled, autocast
-from ttsr_cli.tiles import Tile, core_slices, plan_aligned, plan_grid, plan_tiles
+from ttsr_cli.tiles import MIN_TILE, Tile, core_slices, plan_aligned, plan_grid, plan_tiles
 
 #: What the segmentation network's input has subtracted, per BGR channel (0..255 scale).
 CAFFE_MEANS_BGR = (103.939, 116.779, 123.68)
@@ -105,7 +105,8 @@ class SFTGANRunner(Runner):
         sr, priors = sr[..., : h * scale, : w * scale], priors[..., : h * scale, : w * scale]
         image = to_image(sr, bit_depth(lr), signed=False)
         mode = {"classes": shares(priors), "segmentation_tiles": len(seg_tiles)}
-        return Upscaled(image, len(gen_tiles), mode, priors=priors[0].numpy())
+        warnings = self.budget_warnings(*rgb.shape[:2], segmentation=references is None)
+        return Upscaled(image, len(gen_tiles), mode, warnings=warnings, priors=priors[0].numpy())
 
     def priors(self, rgb: np.ndarray, tiles: list[Tile], progress: Progress) -> torch.Tensor:
         """``[1, 8, 4H, 4W]`` class probabilities of ``rgb`` (``[H, W, 3]`` on [0, 1]), on the
@@ -168,6 +169,25 @@ class SFTGANRunner(Runner):
         scale = self.descriptor.scale
         spare = self._spare(height // scale, width // scale)
         return plan_aligned(height, width, spare // SEG_PIXEL_BYTES, self.seg_margin, STRIDE)
+
+    def budget_warnings(self, height: int, width: int, segmentation: bool) -> list[str]:
+        """The shortfall of ``--max-memory`` when even the smallest tiles of a network that
+        ran do not fit it (they run anyway, as TTSR's do), said once per image."""
+        if self.tile is not None or self.memory_budget is None:
+            return []
+        side = MIN_TILE + 2 * self.descriptor.tiling.reach
+        smallest = side * side * GEN_PIXEL_BYTES
+        if segmentation:
+            seg_side = MIN_TILE + 2 * self.seg_margin
+            smallest = max(smallest, seg_side * seg_side * SEG_PIXEL_BYTES)
+        scale = self.descriptor.scale
+        need = height * width * scale * scale * CANVAS_PIXEL_BYTES + smallest
+        if need <= self.memory_budget:
+            return []
+        return [
+            f"the memory budget is too small for this image: even its smallest tiles need "
+            f"about {format_size(need - self.memory_budget)} more; they ran anyway"
+        ]
 
     def _spare(self, height: int, width: int) -> int:
         """The budget less the whole-image canvases, for an LR of ``height x width``."""
