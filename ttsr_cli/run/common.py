@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 from ttsr_cli.archs.descriptor import Descriptor
-from ttsr_cli.devices import release_free_memory
+from ttsr_cli.devices import format_size, release_free_memory
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.imageio import ImageData
 from ttsr_cli.pixels import final_size, resize, resize_bicubic
+from ttsr_cli.tiles import Tile, core_slices
 
 #: Called with (tiles done, tiles in all) as a tiled image progresses.
 TileCallback = Callable[[int, int], None]
@@ -116,6 +117,39 @@ class Progress:
         self.done += 1
         if self.callback is not None:
             self.callback(self.done, self.total)
+
+
+def stitch(
+    out: torch.Tensor,
+    tiles: list[Tile],
+    run_tile: Callable[[Tile], torch.Tensor],
+    progress: Progress,
+    scale: int = 1,
+) -> torch.Tensor:
+    """Fill ``out`` (``[..., scale * H, scale * W]``) with the core of each tile's result:
+    ``run_tile(tile)`` is the network's output for what the tile reads, ``scale`` times its
+    size, and the tiles' cores partition the image."""
+    for tile in tiles:
+        found = run_tile(tile)
+        rows, cols = core_slices(tile)
+        target = (scale_slice(tile.core[0], scale), scale_slice(tile.core[1], scale))
+        out[(..., *target)] = found[..., scale_slice(rows, scale), scale_slice(cols, scale)]
+        progress.step()
+    return out
+
+
+def scale_slice(span: slice, factor: int) -> slice:
+    """``span`` on a grid ``factor`` times finer."""
+    return slice(span.start * factor, span.stop * factor)
+
+
+def budget_warning(shortfall: int) -> str:
+    """What a run says when even its smallest tiles need ``shortfall`` bytes more than the
+    budget: every family runs them anyway."""
+    return (
+        f"the memory budget is too small for this image: even its smallest tiles need about "
+        f"{format_size(shortfall)} more; they ran anyway"
+    )
 
 
 class Runner:

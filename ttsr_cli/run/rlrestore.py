@@ -16,11 +16,11 @@ from torch import nn
 
 from ttsr_cli.archs.descriptor import Descriptor
 from ttsr_cli.archs.rlrestore.toolchain import views, vote
-from ttsr_cli.devices import default_memory_budget, format_size
+from ttsr_cli.devices import default_memory_budget
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.pixels import bit_depth, to_image, to_tensor
-from ttsr_cli.run.common import Progress, Runner, Upscaled, autocast
-from ttsr_cli.tiles import MIN_TILE, Tile, core_slices, plan_grid, plan_tiles
+from ttsr_cli.run.common import Progress, Runner, Upscaled, autocast, budget_warning, stitch
+from ttsr_cli.tiles import MIN_TILE, Tile, plan_grid, plan_tiles
 
 #: Bytes per pixel of a tool's pass at fp32: the 8-layer tool's widest moment holds two
 #: 64-channel maps and two 32-channel ones.  Peak RSS grew by about 650 bytes per pixel from
@@ -105,16 +105,13 @@ class RLRestoreRunner(Runner):
         if len(tiles) == 1:
             with autocast(self.device, self.precision):
                 return tool(image).float(), 1
-        out = torch.empty_like(image)
-        progress = Progress(self.device, self.on_tile, len(tiles))
-        for tile in tiles:
-            rows, cols = tile.read
+
+        def restore(tile: Tile) -> torch.Tensor:
             with autocast(self.device, self.precision):
-                restored = tool(image[..., rows, cols]).float()
-            core_rows, core_cols = core_slices(tile)
-            out[..., tile.core[0], tile.core[1]] = restored[..., core_rows, core_cols]
-            progress.step()
-        return out, len(tiles)
+                return tool(image[(..., *tile.read)]).float()
+
+        progress = Progress(self.device, self.on_tile, len(tiles))
+        return stitch(torch.empty_like(image), tiles, restore, progress), len(tiles)
 
     def budget_warnings(self, height: int, width: int) -> list[str]:
         """The shortfall of ``--max-memory`` when even the smallest tiles do not fit it (they
@@ -123,12 +120,7 @@ class RLRestoreRunner(Runner):
             return []
         side = MIN_TILE + 2 * self.descriptor.tiling.reach
         need = height * width * CANVAS_PIXEL_BYTES + side * side * self._pixel_bytes()
-        if need <= self.memory_budget:
-            return []
-        return [
-            f"the memory budget is too small for this image: even its smallest tiles need "
-            f"about {format_size(need - self.memory_budget)} more; they ran anyway"
-        ]
+        return [budget_warning(need - self.memory_budget)] if need > self.memory_budget else []
 
     def _pixel_bytes(self) -> int:
         """A tool pass's bytes per pixel at the run's precision."""

@@ -25,13 +25,21 @@ from torch import nn
 from ttsr_cli.archs.descriptor import Descriptor
 from ttsr_cli.archs.sftgan import CLASSES
 from ttsr_cli.archs.sftgan.segmentation import STRIDE
-from ttsr_cli.devices import default_memory_budget, format_size
+from ttsr_cli.devices import default_memory_budget
 from ttsr_cli.errors import InputError, TTSRError
 from ttsr_cli.imresize import imresize
 from ttsr_cli.pixels import bit_depth, pad_to_multiple, to_image
 from ttsr_cli.priors import PALETTE
-from ttsr_cli.run.common import Progress, Runner, Upscaled, autocast
-from ttsr_cli.tiles import MIN_TILE, Tile, core_slices, plan_aligned, plan_grid, plan_tiles
+from ttsr_cli.run.common import (
+    Progress,
+    Runner,
+    Upscaled,
+    autocast,
+    budget_warning,
+    scale_slice,
+    stitch,
+)
+from ttsr_cli.tiles import MIN_TILE, Tile, plan_aligned, plan_grid, plan_tiles
 
 #: What the segmentation network's input has subtracted, per BGR channel (0..255 scale).
 CAFFE_MEANS_BGR = (103.939, 116.779, 123.68)
@@ -118,16 +126,14 @@ class SFTGANRunner(Runner):
             )
         bgr = imresize(rgb[..., ::-1], self.descriptor.scale) * 255 - CAFFE_MEANS_BGR
         x = torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1))[None]).float()
-        out = torch.empty(1, len(CLASSES), *x.shape[-2:])
-        for tile in tiles:
-            rows, cols = tile.read
+        segmentation = self.segmentation
+
+        def segment(tile: Tile) -> torch.Tensor:
+            crop = x[(..., *tile.read)].to(self.device).contiguous(memory_format=self.layout)
             with autocast(self.device, self.precision):
-                crop = x[..., rows, cols].to(self.device).contiguous(memory_format=self.layout)
-                found = self.segmentation(crop).float().cpu()
-            core_rows, core_cols = core_slices(tile)
-            out[..., tile.core[0], tile.core[1]] = found[..., core_rows, core_cols]
-            progress.step()
-        return out
+                return segmentation(crop).float().cpu()
+
+        return stitch(torch.empty(1, len(CLASSES), *x.shape[-2:]), tiles, segment, progress)
 
     def generate(
         self, rgb: np.ndarray, priors: torch.Tensor, tiles: list[Tile], progress: Progress
@@ -136,23 +142,18 @@ class SFTGANRunner(Runner):
         the priors under what it reads."""
         scale = self.descriptor.scale
         x = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))[None]).float()
-        out = torch.empty(1, 3, x.shape[-2] * scale, x.shape[-1] * scale)
-        for tile in tiles:
+        layout = self.layout
+
+        def upscale(tile: Tile) -> torch.Tensor:
             rows, cols = tile.read
-            under = priors[..., _times(rows, scale), _times(cols, scale)].to(self.device)
-            crop = x[..., rows, cols].to(self.device)
-            layout = self.layout
+            under = priors[..., scale_slice(rows, scale), scale_slice(cols, scale)]
+            crop = x[..., rows, cols].to(self.device).contiguous(memory_format=layout)
+            under = under.to(self.device).contiguous(memory_format=layout)
             with autocast(self.device, self.precision):
-                sr = self.model(
-                    crop.contiguous(memory_format=layout), under.contiguous(memory_format=layout)
-                )
-            core_rows, core_cols = core_slices(tile)
-            target = (_times(tile.core[0], scale), _times(tile.core[1], scale))
-            out[(..., *target)] = sr.float().cpu()[
-                ..., _times(core_rows, scale), _times(core_cols, scale)
-            ]
-            progress.step()
-        return out
+                return self.model(crop, under).float().cpu()
+
+        out = torch.empty(1, 3, x.shape[-2] * scale, x.shape[-1] * scale)
+        return stitch(out, tiles, upscale, progress, scale)
 
     def generator_tiles(self, height: int, width: int) -> list[Tile]:
         """LR tiles within the budget, each reading the generator's reach beyond its core."""
@@ -182,22 +183,13 @@ class SFTGANRunner(Runner):
             smallest = max(smallest, seg_side * seg_side * SEG_PIXEL_BYTES)
         scale = self.descriptor.scale
         need = height * width * scale * scale * CANVAS_PIXEL_BYTES + smallest
-        if need <= self.memory_budget:
-            return []
-        return [
-            f"the memory budget is too small for this image: even its smallest tiles need "
-            f"about {format_size(need - self.memory_budget)} more; they ran anyway"
-        ]
+        return [budget_warning(need - self.memory_budget)] if need > self.memory_budget else []
 
     def _spare(self, height: int, width: int) -> int:
         """The budget less the whole-image canvases, for an LR of ``height x width``."""
         budget = self.memory_budget or default_memory_budget(self.device)
         scale = self.descriptor.scale
         return max(1, budget - height * width * scale * scale * CANVAS_PIXEL_BYTES)
-
-
-def _times(span: slice, factor: int) -> slice:
-    return slice(span.start * factor, span.stop * factor)
 
 
 def shares(priors: torch.Tensor) -> dict[str, float]:

@@ -27,13 +27,12 @@ from ttsr_cli.archs.ttsr.model import SCALE, SEARCHES, Coarse, ReferenceFeatures
 from ttsr_cli.devices import (
     default_memory_budget,
     default_search_budget,
-    format_size,
     search_budget_within,
 )
 from ttsr_cli.errors import InputError, TTSRError
 from ttsr_cli.imageio import read_image
 from ttsr_cli.pixels import bit_depth, reference_pair, resize_bicubic, to_image, to_tensor
-from ttsr_cli.run.common import Progress, Runner, Upscaled, autocast
+from ttsr_cli.run.common import Progress, Runner, Upscaled, autocast, budget_warning
 from ttsr_cli.tiles import (
     DEFAULT_OVERLAP,
     Tile,
@@ -270,10 +269,7 @@ class TTSRRunner(Runner):
         source = coarse.index[0].cpu().numpy()
         result = Upscaled(sr, len(plan.fine), {"search": search}, attention, source, grids)
         if plan.shortfall > 0:
-            result.warnings.append(
-                f"the memory budget is too small for this image: even its smallest tiles "
-                f"need about {format_size(plan.shortfall)} more; they ran anyway"
-            )
+            result.warnings.append(budget_warning(plan.shortfall))
         return result
 
     def _coarse_pass(
