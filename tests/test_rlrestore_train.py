@@ -124,6 +124,7 @@ def test_agent_then_joint_stage_through_the_cli(photos: Path, tools_run: Path, t
     records = step_records(agent_run)
     assert [r["epsilon"] for r in records] == pytest.approx([1.0, 0.775, 0.55])
     assert "loss" in records[-1] and "return" in records[0]
+    assert all(1 <= r["greedy"] <= 4 for r in records)  # distinct first actions of 3 tools + stop
 
     init = ("--init", agent_run / "model.safetensors", "--batch-size", "2")
     result = run_cli(
@@ -288,7 +289,7 @@ def test_episode_rules(q: list[float], harmful: bool, actions: list[int], reward
         model.tools[0].conv3.bias.fill_(0.1 if harmful else 0.0)
     clean = torch.rand(2, 3, 63, 63)
     with torch.no_grad():
-        episodes = play(model, clean + 0.05, clean, eps=0.0, rng=np.random.default_rng(0))
+        episodes, _ = play(model, clean + 0.05, clean, eps=0.0, rng=np.random.default_rng(0))
     for episode in episodes:
         assert episode.actions.tolist() == actions
         assert episode.views.dtype == torch.float16 and len(episode.views) == len(actions)

@@ -178,9 +178,10 @@ def play(
     clean: torch.Tensor,
     eps: float,
     rng: np.random.Generator,
-) -> list[Episode]:
+) -> tuple[list[Episode], torch.Tensor]:
     """Episodes from ``images`` (``[E, 3, 63, 63]``), the agent epsilon-greedy, the tools
-    frozen; ended rows stay in the batch as stops and record nothing more."""
+    frozen; ended rows stay in the batch as stops and record nothing more.  Also the greedy
+    first action of each image (``[E]``), exploration aside, for the ``greedy`` log."""
     agent, stop, count = model.agent, model.agent.stop, images.shape[0]
     steps = model.config.max_steps
     explore = torch.from_numpy(rng.random((steps, count)) < eps)
@@ -188,8 +189,11 @@ def play(
     active = torch.ones(count, dtype=torch.bool)
     taken: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     state, before = agent.initial_state(images), psnr(images, clean)
+    greedy_first = torch.empty(0, dtype=torch.long)
     for t in range(steps):
         q, state = agent(images, state)
+        if t == 0:
+            greedy_first = q.argmax(1).cpu()
         actions = torch.where(explore[t], random_actions[t], q.argmax(1).cpu())
         actions = actions.masked_fill(~active, stop)
         after_images = apply_tools(model.tools, images, actions.to(images.device))
@@ -198,7 +202,7 @@ def play(
         taken.append((images.cpu().half(), actions, rewards, active.clone()))
         active &= (actions != stop) & (rewards >= 0)
         state, images, before = state.after(actions.to(images.device)), after_images, after
-    return _episodes(taken)
+    return _episodes(taken), greedy_first
 
 
 def _episodes(
@@ -257,7 +261,7 @@ class AgentTrainer:
         images, clean = batch["input"].to(self.device), batch["target"].to(self.device)
         rng = np.random.default_rng([self.opts.seed, self.step])
         with torch.no_grad():
-            episodes = play(self.model, images, clean, eps, rng)
+            episodes, greedy_first = play(self.model, images, clean, eps, rng)
         for episode in episodes:
             self.memory.add(episode)
         logged = {
@@ -265,7 +269,7 @@ class AgentTrainer:
             "length": float(np.mean([len(e.actions) for e in episodes])),
             "epsilon": eps,
             "memory": float(self.memory.transitions),
-            "greedy": self._greedy_variety(images),
+            "greedy": float(greedy_first.unique().numel()),
         }
         if self.step >= self.schedule.learn_start and len(self.memory) >= self.opts.batch_size:
             updates = [self._update(rng) for _ in range(self.schedule.updates)]
@@ -274,13 +278,6 @@ class AgentTrainer:
         if self.step % self.schedule.target_sync == 0:
             self.target.load_state_dict(self.model.agent.state_dict())
         return logged
-
-    @torch.no_grad()
-    def _greedy_variety(self, images: torch.Tensor) -> float:
-        """How many different first actions the greedy agent takes on ``images``."""
-        agent = self.model.agent
-        q, _ = agent(images, agent.initial_state(images))
-        return float(q.argmax(1).unique().numel())
 
     def _update(self, rng: np.random.Generator) -> dict[str, float]:
         """One Adam step on a sample of the memory."""
