@@ -33,6 +33,7 @@ from ttsr_cli.data import folder_info, list_samples
 from ttsr_cli.degrade import LEVELS
 from ttsr_cli.devices import select_device
 from ttsr_cli.evaluate import Benchmark, Damage, run
+from ttsr_cli.pixels import to_image, to_tensor
 from ttsr_cli.train.rlrestore import CleanPatches, MixedPatches
 
 DEPTH, WIDTH = 16, 64
@@ -104,10 +105,8 @@ class BaselineRunner:
 
     @torch.no_grad()
     def upscale(self, image: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float().div(255)
-        x = x.to(self.device)
-        out = self.model(x).clamp(0, 1).mul(255).round().byte()
-        return out[0].permute(1, 2, 0).cpu().numpy()
+        x = to_tensor(image, self.device, signed=False)
+        return to_image(self.model(x), 8, signed=False)
 
 
 def evaluate(args: argparse.Namespace) -> None:
