@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import kill_mid_write, make_cufed5, run_cli, sample_image, save_png
-from ttsr_cli.archs.vgg import VGG19Relu5
+from ttsr_cli.archs.vgg import VGG19Features
 from ttsr_cli.devices import TorchrunEnv
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.train import TrainOptions, load_config, step_batches, train
@@ -229,7 +229,7 @@ def _random_vgg_file(path: Path) -> Path:
     torch.manual_seed(0)
     state = {
         f"features.{k[len('features.') :]}": v.contiguous()
-        for k, v in VGG19Relu5().state_dict().items()
+        for k, v in VGG19Features().state_dict().items()
         if k.startswith("features.")
     }
     save_file(state, str(path))

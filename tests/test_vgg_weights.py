@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from conftest import run_cli, sample_image, save_png
 from ttsr_cli.archs.ttsr.lte import LTE
-from ttsr_cli.archs.vgg import VGG19Relu5
+from ttsr_cli.archs.vgg import VGG19Features
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.vgg_weights import init_lte, perceptual_network, vgg19_features
 
@@ -27,7 +27,9 @@ def vgg_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """A VGG19 in timm's layout (``features.N.*`` plus a classifier head) with random weights."""
     torch.manual_seed(0)
     state = {
-        k: v.contiguous() for k, v in VGG19Relu5().state_dict().items() if k.startswith("features.")
+        k: v.contiguous()
+        for k, v in VGG19Features().state_dict().items()
+        if k.startswith("features.")
     }
     state["head.fc.weight"] = torch.zeros(10, 4)
     path = tmp_path_factory.mktemp("vgg") / FILE

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ttsr_cli.archs.ttsr.lte import LTE
-from ttsr_cli.archs.vgg import RELU5_1, VGG19Relu5
+from ttsr_cli.archs.vgg import RELU5_1, VGG19Features
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.registry import hub_file
 from ttsr_cli.weights import read_checkpoint
@@ -34,7 +34,7 @@ def vgg19_features(source: str = "hub") -> dict[int, dict[str, torch.Tensor]]:
     for key, value in state.items():
         if m := _FEATURE_KEY.match(key):
             layers.setdefault(int(m.group(1)), {})[m.group(2)] = value
-    expected = [i for i, m in enumerate(VGG19Relu5().features) if isinstance(m, torch.nn.Conv2d)]
+    expected = [i for i, m in enumerate(VGG19Features().features) if isinstance(m, torch.nn.Conv2d)]
     missing = [i for i in expected if i not in layers]
     if missing:
         raise TTSRError(f"{path}: not a VGG19 (no features.{missing[0]}.weight)")
@@ -49,22 +49,25 @@ def _download() -> Path:
     except LocalEntryNotFoundError:
         raise TTSRError(
             f"ImageNet VGG19 weights ({DEFAULT_REPO}) are not cached and the Hugging Face Hub "
-            "cannot be reached; pass a local VGG19 file, or use --lte-init random and the "
-            "rec preset, which need no VGG19"
+            "cannot be reached; pass a local VGG19 file (--vgg FILE), or train with the rec "
+            "preset (TTSR: and --lte-init random), which needs no VGG19"
         ) from None
     except (HfHubHTTPError, OSError) as exc:
         raise TTSRError(f"could not download VGG19 weights from {DEFAULT_REPO}: {exc}") from None
 
 
-def perceptual_network(layers: dict[int, dict[str, torch.Tensor]]) -> VGG19Relu5:
-    """The frozen relu5_1 extractor with ImageNet weights."""
-    net = VGG19Relu5()
+def perceptual_network(
+    layers: dict[int, dict[str, torch.Tensor]], end: int = RELU5_1
+) -> VGG19Features:
+    """The frozen ``features[:end]`` extractor with ImageNet weights (relu5_1 by default)."""
+    net = VGG19Features(end)
     state = {
-        f"features.{i}.{name}": t for i, p in layers.items() if i < RELU5_1 for name, t in p.items()
+        f"features.{i}.{name}": t for i, p in layers.items() if i < end for name, t in p.items()
     }
     missing, _unexpected = net.load_state_dict(state, strict=False)
-    if [k for k in missing if k.startswith("features.")]:
-        raise TTSRError(f"VGG19 weights lack {missing[0]}")
+    lacking = [k for k in missing if k.startswith("features.")]
+    if lacking:
+        raise TTSRError(f"VGG19 weights lack {lacking[0]}")
     return net.eval()
 
 

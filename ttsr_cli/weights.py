@@ -220,12 +220,13 @@ def save_safetensors(
 ) -> None:
     """Write our format: contiguous tensors, the family and the configuration in the metadata."""
     descriptor = archs.describe(model)
-    metadata = {
-        "format": METADATA_FORMAT,
-        "arch": descriptor.family,
-        "config": json.dumps(descriptor.config),
-    }
-    metadata.update(extra or {})
+    metadata = {"arch": descriptor.family, "config": json.dumps(descriptor.config)}
+    save_tensors(model, path, {**metadata, **(extra or {})})
+
+
+def save_tensors(model: nn.Module, path: str | Path, metadata: Mapping[str, str]) -> None:
+    """``model``'s state as safetensors with our format marker and ``metadata``, atomically
+    (also for networks of no family, such as SFT-GAN's segmentation network)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(Path(path)) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata={"format": METADATA_FORMAT, **metadata})

@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from ttsr_cli.archs.ttsr.lte import LTE
 from ttsr_cli.archs.ttsr.model import TTSROutput
-from ttsr_cli.archs.vgg import VGG19Relu5
+from ttsr_cli.archs.vgg import VGG19Features
 
 GRADIENT_PENALTY_WEIGHT = 10.0
 
@@ -21,7 +21,7 @@ def reconstruction_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(sr, hr)
 
 
-def perceptual_loss(vgg: VGG19Relu5, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+def perceptual_loss(vgg: VGG19Features, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
     """MSE between VGG19 relu5_1 features of the output and of the ground truth."""
     with torch.no_grad():
         target = vgg((hr + 1) / 2)

@@ -51,10 +51,8 @@ class PatchDataset(torch.utils.data.Dataset):
         return len(self.inputs)
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, k])
-        epoch, position = divmod(k, len(self))
-        order = np.random.default_rng([self.seed, epoch, 1]).permutation(len(self))
-        hr, lr = self._pair(int(order[position]))
+        index, rng = self.draw(k)
+        hr, lr = self._pair(index)
         side = self.patch // self.scale
         y = int(rng.integers(0, lr.shape[0] - side + 1))
         x = int(rng.integers(0, lr.shape[1] - side + 1))
@@ -66,6 +64,13 @@ class PatchDataset(torch.utils.data.Dataset):
             "lr": chw_tensor(augment(lr_patch, flips)),
             "hr": chw_tensor(augment(hr_patch, flips)),
         }
+
+    def draw(self, k: int) -> tuple[int, np.random.Generator]:
+        """Sample ``k``'s image (each epoch visits every image once, in an order drawn from
+        the seed and the epoch) and the generator of its other random choices."""
+        epoch, position = divmod(k, len(self))
+        order = np.random.default_rng([self.seed, epoch, 1]).permutation(len(self))
+        return int(order[position]), np.random.default_rng([self.seed, k])
 
     def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """HR and LR of one image, made once: the folders this is for fit in memory."""

@@ -5,6 +5,7 @@ same way for every family: devices, DDP, precision, checkpoints, exact resume, l
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -57,3 +58,9 @@ class Recipe:
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state` saved."""
+
+    def save(self, model: nn.Module, path: Path, extra: Mapping[str, str]) -> None:
+        """Write the trained network (``model.safetensors``), ``extra`` in its metadata."""
+        from ttsr_cli.weights import save_safetensors
+
+        save_safetensors(model, path, extra)
