@@ -573,7 +573,10 @@ def train(
     ],
     arch: Annotated[
         str,
-        typer.Option(help="Network family: ttsr (reference-based), csnln or rl-restore."),
+        typer.Option(
+            help="Network family: ttsr (reference-based), csnln, rl-restore, sftgan (the "
+            "generator, on --seg-maps) or sftgan-seg (its segmentation network)."
+        ),
     ] = "ttsr",
     stage: Annotated[
         str,
@@ -585,21 +588,28 @@ def train(
     init: Annotated[
         Path | None,
         typer.Option(
-            help="RL-Restore: weights to start from, the previous stage's model.safetensors "
-            "(required for --stage agent and joint)."
+            help="Weights to start from. RL-Restore: the previous stage's model.safetensors "
+            "(required for --stage agent and joint); SFT-GAN: a generator (the authors' or "
+            "a rec run's) or, for sftgan-seg, the segmentation network to fine-tune."
         ),
     ] = None,
     config: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="The family's tiny, lite (for a CPU; needs no download) or paper (TTSR: its "
             "LTE starts from VGG19, fetched from the Hub; RL-Restore: the authors' 12 tools, "
-            "lite the same with a smaller replay memory), or a .toml file of its fields."
+            "lite the same with a smaller replay memory), or a .toml file of its fields "
+            "[default: lite; sftgan-seg: paper, its only one].",
+            show_default=False,
         ),
-    ] = "lite",
+    ] = None,
     scale: Annotated[int, typer.Option(help="CSNLN's scale: 2, 3 or 4 (TTSR is x4).")] = 4,
     preset: Annotated[
-        str, typer.Option(help="TTSR: rec (L1 only) or gan (the paper's TTSR).")
+        str,
+        typer.Option(
+            help="TTSR and SFT-GAN: rec (L1 only) or gan (the paper's losses, after a "
+            "pretraining on L1; SFT-GAN: none with --init)."
+        ),
     ] = "rec",
     steps: Annotated[
         int | None, typer.Option(help="Total steps (with --resume: the new total).")
@@ -608,8 +618,8 @@ def train(
     batch_size: Annotated[
         int | None,
         typer.Option(
-            help="Samples per step and process [default: TTSR 9, CSNLN 16; RL-Restore: 8 "
-            "patches per tool, 32 episodes, 16 chains].",
+            help="Samples per step and process [default: TTSR 9, CSNLN 16, SFT-GAN 16, "
+            "sftgan-seg 4; RL-Restore: 8 patches per tool, 32 episodes, 16 chains].",
             show_default=False,
         ),
     ] = None,
@@ -617,7 +627,8 @@ def train(
         int | None,
         typer.Option(
             help="HR patch side in pixels, a multiple of the scale [default: TTSR 160, "
-            "CSNLN 48 x scale, RL-Restore 63].",
+            "CSNLN 48 x scale, RL-Restore 63, SFT-GAN 96 (gan: a multiple of 16), "
+            "sftgan-seg 320].",
             show_default=False,
         ),
     ] = None,
@@ -638,8 +649,16 @@ def train(
             "a VGG19 weights file."
         ),
     ] = "auto",
-    vgg: Annotated[str, typer.Option(help="TTSR: VGG19 weights, hub or a file.")] = "hub",
-    lr: Annotated[float, typer.Option(help="Learning rate (TTSR: its main network's).")] = 1e-4,
+    vgg: Annotated[
+        str, typer.Option(help="VGG19 weights for the gan presets' losses: hub or a file.")
+    ] = "hub",
+    lr: Annotated[
+        float,
+        typer.Option(
+            help="Learning rate (TTSR: its main network's; SFT-GAN gan: the trunk's and the "
+            "discriminator's, the SFT layers' 5x)."
+        ),
+    ] = 1e-4,
     lr_lte: Annotated[float, typer.Option(help="TTSR's LTE learning rate.")] = 1e-5,
     lr_decay_steps: Annotated[
         int, typer.Option(help="Halve the rates every N steps (0: never).")
@@ -663,11 +682,22 @@ def train(
     val_limit: Annotated[
         int | None, typer.Option(help="Validate on the first N images only.")
     ] = None,
+    seg_maps: Annotated[
+        Path | None,
+        typer.Option(
+            help="SFT-GAN: the photos' class maps, a folder of STEM.npy or STEM.png at each "
+            "photo's size (the forms upscale's --seg-maps reads)."
+        ),
+    ] = None,
+    seg_palette: Annotated[
+        Path | None,
+        typer.Option(help="SFT-GAN: the colours of --seg-maps' PNGs, as for upscale."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
     debug: DebugOption = False,
 ) -> None:
-    """Train a TTSR, a CSNLN or an RL-Restore with its paper's recipe; run under torchrun
-    for several processes (DDP; TTSR and CSNLN).
+    """Train a TTSR, a CSNLN, an RL-Restore or an SFT-GAN with its paper's recipe; run under
+    torchrun for several processes (DDP; TTSR, CSNLN and SFT-GAN).
 
     Example: `ttsr train --data photos/ --out runs/mine --steps 2000` (TTSR, lite)
     """
@@ -707,6 +737,8 @@ def train(
             val_limit=val_limit,
             stage=stage,
             init=init,
+            seg_maps=seg_maps,
+            seg_palette=seg_palette,
         )
         require_writable([out])  # before the data and the model are made
         with training_progress(quiet) as report:

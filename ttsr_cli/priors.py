@@ -113,7 +113,7 @@ class PriorMaps:
         path = self.find(source)
         if path is None:
             return None
-        priors = _read_npy(path) if path.suffix.lower() == ".npy" else self._read_png(path)
+        priors = self.load(path)
         if priors.shape[1:] != (size[1], size[0]):
             found = f"{priors.shape[2]}x{priors.shape[1]}"
             raise InputError(
@@ -121,6 +121,10 @@ class PriorMaps:
                 f"{size[0]}x{size[1]} (the maps are at the output's size)"
             )
         return priors
+
+    def load(self, path: Path) -> np.ndarray:
+        """float32 ``[8, H, W]`` priors of the map file ``path``, at whatever size it is."""
+        return _read_npy(path) if path.suffix.lower() == ".npy" else self._read_png(path)
 
     def _read_png(self, path: Path) -> np.ndarray:
         try:

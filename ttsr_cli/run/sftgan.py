@@ -57,6 +57,13 @@ CANVAS_PIXEL_BYTES = 4 * (3 + len(CLASSES) + 3)
 SEG_MARGIN = 128
 
 
+def segmentation_input(rgb: np.ndarray, scale: int) -> np.ndarray:
+    """What OutdoorSceneSeg sees of an LR image (``[H, W, 3]`` RGB on [0, 1]): the image
+    up-sampled ``scale`` times by MATLAB's bicubic, in BGR on 0..255 less the Caffe means
+    (float ``[scale H, scale W, 3]``).  Training makes its input the same way."""
+    return imresize(rgb[..., ::-1], scale) * 255 - CAFFE_MEANS_BGR
+
+
 class SFTGANRunner(Runner):
     """A generator and the segmentation network that makes its priors, on arrays (uint8 or
     uint16 ``[H, W, 3]``; the same type out).  ``memory_budget`` (bytes) bounds one image's
@@ -124,7 +131,7 @@ class SFTGANRunner(Runner):
                 "no priors for this image: give --seg-weights (the segmentation network) or a "
                 "map in --seg-maps"
             )
-        bgr = imresize(rgb[..., ::-1], self.descriptor.scale) * 255 - CAFFE_MEANS_BGR
+        bgr = segmentation_input(rgb, self.descriptor.scale)
         x = torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1))[None]).float()
         segmentation = self.segmentation
 

@@ -29,9 +29,8 @@ from ttsr_cli.atomic import atomic_path
 from ttsr_cli.devices import TorchrunEnv, select_device, torchrun_env
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.train.recipe import Recipe
-from ttsr_cli.weights import save_safetensors
 
-ARCHS = ("ttsr", "csnln", "rl-restore")
+ARCHS = ("ttsr", "csnln", "rl-restore", "sftgan", "sftgan-seg")
 _CHECKPOINT = re.compile(r"step-(\d+)\.pt$")
 
 
@@ -75,12 +74,13 @@ class TrainOptions:
     val_limit: int | None = None
     stage: str = "tools"
     init: Path | None = None
+    seg_maps: Path | None = None
+    seg_palette: Path | None = None
 
 
 def recipe_for(opts: TrainOptions) -> Recipe:
     """The recipe of ``opts.arch``, with the family's defaults filled into ``opts``."""
-    if opts.arch != "rl-restore" and (opts.stage != "tools" or opts.init is not None):
-        raise TTSRError("--stage and --init are RL-Restore's (--arch rl-restore)")
+    _refuse_foreign_options(opts)
     if opts.arch == "ttsr":
         from ttsr_cli.train.ttsr import TTSRRecipe as chosen
     elif opts.arch == "csnln":
@@ -89,6 +89,10 @@ def recipe_for(opts: TrainOptions) -> Recipe:
         from ttsr_cli.train.rlrestore import recipe_class
 
         chosen = recipe_class(opts.stage)
+    elif opts.arch == "sftgan":
+        from ttsr_cli.train.sftgan import SFTGANRecipe as chosen
+    elif opts.arch == "sftgan-seg":
+        from ttsr_cli.train.sftgan import SegmentationRecipe as chosen
     else:
         raise TTSRError(f"unknown --arch '{opts.arch}' (use {', '.join(ARCHS)})")
     if opts.config is None:
@@ -99,21 +103,38 @@ def recipe_for(opts: TrainOptions) -> Recipe:
     return recipe
 
 
-def load_config(name: str, arch: str = "ttsr") -> dict[str, Any]:
+def _refuse_foreign_options(opts: TrainOptions) -> None:
+    """Options of one family given to another are refused, not silently ignored."""
+    if opts.arch != "rl-restore" and opts.stage != "tools":
+        raise TTSRError("--stage is RL-Restore's (--arch rl-restore)")
+    if opts.arch not in ("rl-restore", "sftgan", "sftgan-seg") and opts.init is not None:
+        raise TTSRError("--init is for --arch rl-restore, sftgan and sftgan-seg")
+    if not opts.arch.startswith("sftgan") and (opts.seg_maps or opts.seg_palette):
+        raise TTSRError("--seg-maps and --seg-palette are SFT-GAN's (--arch sftgan, sftgan-seg)")
+
+
+def load_config(name: str | None, arch: str = "ttsr") -> dict[str, Any]:
     """A named configuration of ``arch`` (tiny, lite, paper) or a TOML file of its fields
-    (optionally under ``[model]``)."""
+    (optionally under ``[model]``); None: lite, or paper for a family without one (the
+    segmentation network, whose only configuration is the authors')."""
     if arch == "csnln":
         from ttsr_cli.train.csnln import CONFIGS, checked
     elif arch == "rl-restore":
         from ttsr_cli.train.rlrestore import CONFIGS, checked
+    elif arch == "sftgan":
+        from ttsr_cli.train.sftgan import CONFIGS, checked
+    elif arch == "sftgan-seg":
+        CONFIGS, checked = {"paper": {}}, _no_fields
     else:
         from ttsr_cli.train.ttsr import CONFIGS, checked
+    if name is None:
+        name = "lite" if "lite" in CONFIGS else "paper"
     if name in CONFIGS:
         found = CONFIGS[name]
         return dict(found) if isinstance(found, Mapping) else found.to_dict()
     path = Path(name)
     if not path.is_file():
-        raise TTSRError(f"unknown configuration '{name}' (tiny, lite, paper or a .toml file)")
+        raise TTSRError(f"unknown configuration '{name}' ({', '.join(CONFIGS)} or a .toml file)")
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -126,6 +147,12 @@ def load_config(name: str, arch: str = "ttsr") -> dict[str, Any]:
         return checked(dict(data.get("model", data)))
     except TTSRError as exc:
         raise TTSRError(f"{path}: {exc}") from None
+
+
+def _no_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    if config:
+        raise TTSRError("the segmentation network has no configuration fields")
+    return {}
 
 
 def step_batches(start: int, total: int, batch: int, env: TorchrunEnv) -> Iterator[list[int]]:
@@ -467,11 +494,11 @@ def _finish(trainer: Trainer, log: RunLog | None) -> TrainResult:
     if log is not None:
         trainer.save_checkpoint()
         extra = {"steps": str(trainer.step), "arch": opts.arch}
-        if opts.arch == "ttsr":
+        if opts.arch in ("ttsr", "sftgan"):
             extra["preset"] = opts.preset
         if opts.arch == "rl-restore":
             extra["stage"] = opts.stage
-        save_safetensors(trainer.model, model_path, extra)
+        trainer.recipe.save(trainer.model, model_path, extra)
         log.write({"event": "end", "step": trainer.step, "rank_checksums": checksums})
         log.close()
     if env.world > 1:
