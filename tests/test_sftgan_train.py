@@ -157,9 +157,10 @@ def test_gan_pretrains_on_l1_then_adds_perceptual_adversarial_and_class_losses(
     data: tuple[Path, Path], vgg_file: Path, tmp_path: Path
 ) -> None:
     """Without --init, two epochs of L1 (3 photos, 2 per step: 4 steps), then the authors'
-    losses, with the SFT layers at 5x the rate; the ACD learns (its loss is logged)."""
+    losses, with the SFT layers at 5x the rate; the ACD learns (its loss is logged).  In
+    channels-last, where the batch's class labels must stay 1-D."""
     out = tmp_path / "gan"
-    train(options(data, out, steps=7, preset="gan", vgg=str(vgg_file)))
+    train(options(data, out, steps=7, preset="gan", vgg=str(vgg_file), channels_last=True))
     lines = log_lines(out)
     assert [set(line) >= {"rec"} for line in lines] == [True] * 4 + [False] * 3
     for line in lines[4:]:

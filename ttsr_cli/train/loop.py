@@ -226,7 +226,9 @@ class Trainer:
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         t = t.to(self.device, non_blocking=True)
-        return t.contiguous(memory_format=torch.channels_last) if self.opts.channels_last else t
+        if self.opts.channels_last and t.dim() == 4:  # images; labels stay as they are
+            return t.contiguous(memory_format=torch.channels_last)
+        return t
 
     def save_checkpoint(self) -> Path:
         """``checkpoints/step-N.pt`` (:func:`write_checkpoint`)."""
