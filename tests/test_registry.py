@@ -236,6 +236,40 @@ def test_bundled_default_and_models_listing(
     }
 
 
+def test_an_upscale_without_a_reference_uses_default_no_reference(
+    tmp_path: Path, tiny_weights: Path, tiny_bytes: bytes, image: Path
+) -> None:
+    """A registry whose default is a TTSR and whose default_no_reference a CSNLN: a plain
+    upscale runs the CSNLN, one with --ref the TTSR, and --json and --verbose say which."""
+    from ttsr_cli.archs.csnln.load import FAMILY as CSNLN_FAMILY
+    from ttsr_cli.weights import save_safetensors
+
+    registry = write_registry(tmp_path / "models", "", bundled=tiny_weights)
+    csnln, _ = CSNLN_FAMILY.create({"n_feats": 8, "depth": 1, "scale": 4})
+    save_safetensors(csnln, tmp_path / "models" / "alone.safetensors")
+    text = registry.read_text().replace(
+        'default = "local"', 'default = "local"\ndefault_no_reference = "alone"'
+    )
+    text += (
+        '\n[models.alone]\nfamily = "csnln"\nscale = 4\nreference = false\n'
+        'description = "tiny CSNLN, bundled"\nfile = "alone.safetensors"\nlicense = "MIT"\n'
+        'card = "alone.md"\n'
+    )
+    registry.write_text(text, encoding="utf-8")
+    env = {"HF_HOME": str(tmp_path / "hf"), "TTSR_REGISTRY": str(registry), **OFFLINE}
+    plain = ttsr("upscale", image, "-o", tmp_path / "a.png", "--json", env=env)
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout)["model"] == "alone (the bundled default without a reference)"
+    given = ttsr("upscale", image, "--ref", image, "-o", tmp_path / "b.png", "--verbose", env=env)
+    assert given.returncode == 0, given.stderr
+    assert "model: local (the bundled default)" in given.stderr.splitlines()
+    assert not np.array_equal(
+        np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png"))
+    )
+    listing = json.loads(ttsr("models", "--json", env=env).stdout)
+    assert (listing["default"], listing["default_no_reference"]) == ("local", "alone")
+
+
 def test_published_models_need_their_repository(
     image: Path, tiny_model: TTSR, tmp_path: Path
 ) -> None:
@@ -270,6 +304,7 @@ def test_packaged_registry() -> None:
     assert (restorer.family, restorer.scale, restorer.reference) == ("rl-restore", 1, False)
     assert restorer.hub is not None and restorer.hub.repo_env == "RL_RESTORE_HUB_REPO"
     assert registry.default_restore == ""  # none bundled yet: its agent is still training
+    assert registry.default_no_reference == "ttsr"  # the only bundled x4 model yet
     for name in ("sftgan", "sftgan-pytorch"):
         entry = registry.models[name]
         assert (entry.family, entry.scale, entry.reference) == ("sftgan", 4, False)
@@ -318,6 +353,22 @@ def test_default_must_be_bundled(tmp_path: Path) -> None:
     path = write_registry(tmp_path, "")
     path.write_text(path.read_text().replace('"local"', '"tiny"'), encoding="utf-8")
     with pytest.raises(TTSRError, match="must be bundled"):
+        load_registry(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("tiny", "model 'tiny' must be bundled"),
+        ("nothing", "model 'nothing' is not one of its models"),
+    ],
+)
+def test_default_no_reference_must_be_a_bundled_model(
+    tmp_path: Path, name: str, fragment: str
+) -> None:
+    path = write_registry(tmp_path, "")
+    path.write_text(f'default_no_reference = "{name}"\n' + path.read_text(), encoding="utf-8")
+    with pytest.raises(TTSRError, match=f"the default_no_reference {fragment}"):
         load_registry(path)
 
 

@@ -295,7 +295,8 @@ def upscale(
         shard = shard or batch.torchrun_shard()
         sources = batch.select_shard(batch.collect_inputs(images, recursive, suffix), shard)
         batch.check_outputs(sources, outputs)  # before the model: loading can take long
-        runner = run.load_runner(model, weights, settings)
+        purpose = "upscale" if ref or ref_dir or ref_map else "no-reference"
+        runner = run.load_runner(model, weights, settings, purpose=purpose)
         runner = run.with_restoration(runner, restore, restore_ref, settings)
         batch.check_extras(extras, runner.descriptor)
         references = batch.reference_options(
@@ -304,6 +305,7 @@ def upscale(
         jobs = batch.plan(sources, outputs, references)
         warnings = batch.check_references(jobs, runner.descriptor.scale)
         report = _Report(len(jobs), quiet, verbose, debug, str(settings.device), warnings)
+        report.model = registry.chosen_name(model, weights, purpose)
         _run_jobs(runner, jobs, outputs, report, start, json_output)
 
 
@@ -432,11 +434,15 @@ class _Report:
         )
         self.task = self.progress.add_task(doing, total=total)
         self.tiles = self.progress.add_task("tiles", total=None, visible=False)
+        #: What reports name the model run (``--verbose`` and ``--json``; None: not said).
+        self.model: str | None = None
 
     def __enter__(self) -> _Report:
         if not self.quiet:
             for message in self.warnings:
                 warning(message)
+            if self.verbose and self.model:
+                stderr.print(f"model: {self.model}", markup=False)
         self.progress.start()
         return self
 
@@ -472,7 +478,8 @@ class _Report:
     def finish(self, results: list[batch.Result], seconds: float, as_json: bool) -> None:
         counts = {s: sum(r.status == s for r in results) for s in ("ok", "error", "skipped")}
         if as_json:
-            summary = {"results": [r.to_dict() for r in results], "ok": counts["ok"]}
+            summary = {"model": self.model} if self.model else {}
+            summary.update(results=[r.to_dict() for r in results], ok=counts["ok"])
             summary.update(failed=counts["error"], skipped=counts["skipped"])
             summary["warnings"] = self.warnings
             typer.echo(json.dumps(summary))
@@ -548,6 +555,9 @@ def models(
 
     names = [row["name"] for row in listing["models"]]
     default = listing["default"] if listing["default"] in names else "none bundled yet"
+    alone = listing["default_no_reference"]
+    if alone != listing["default"] and alone in names:
+        default += f", without a reference: {alone}"
     table = Table(title=f"models (default: {default}; sources and cards: --json)")
     for column in ("name", "family", "scale", "reference", "status"):
         table.add_column(column, no_wrap=True)

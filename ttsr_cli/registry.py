@@ -99,16 +99,24 @@ class Model:
 class Registry:
     """The models by name, the default's name, and the folder holding bundled files and
     cards.  ``default_restore``: the model ``ttsr restore`` (and ``upscale --restore auto``)
-    uses when none is named (empty: none, and ``restore`` then needs a model named)."""
+    uses when none is named (empty: none, and ``restore`` then needs a model named).
+    ``default_no_reference``: the model an upscale given no reference uses (empty: the
+    default), the bundled model that measures better on Urban100 without one."""
 
     default: str
     models: dict[str, Model]
     root: Path
     default_restore: str = ""
+    default_no_reference: str = ""
 
     def default_for(self, purpose: str) -> str:
-        """The default model's name for ``upscale`` or ``restore``."""
-        return self.default_restore if purpose == "restore" else self.default
+        """The default model's name for ``upscale``, ``no-reference`` (an upscale given no
+        reference) or ``restore``."""
+        if purpose == "restore":
+            return self.default_restore
+        if purpose == "no-reference":
+            return self.default_no_reference or self.default
+        return self.default
 
     def get(self, name: str) -> Model:
         if name not in self.models:
@@ -143,11 +151,14 @@ def load_registry(path: Path | None = None) -> Registry:
             raise TTSRError(f"{path}: model '{name}': missing field {exc.args[0]!r}") from None
         except (TypeError, ValueError, AttributeError) as exc:
             raise TTSRError(f"{path}: model '{name}': {exc}") from None
-    defaults = {key: data.get(key, "") for key in ("default", "default_restore")}
+    keys = ("default", "default_restore", "default_no_reference")
+    defaults = {key: data.get(key, "") for key in keys}
     for key, name in defaults.items():
         if name in models and models[name].file is None:
             raise TTSRError(f"{path}: the {key} model '{name}' must be bundled, not on the Hub")
-    return Registry(defaults["default"], models, path.parent, defaults["default_restore"])
+        if key != "default" and name and name not in models:
+            raise TTSRError(f"{path}: the {key} model '{name}' is not one of its models")
+    return Registry(models=models, root=path.parent, **defaults)
 
 
 def _parse_model(name: str, table: dict[str, Any]) -> Model:
@@ -189,8 +200,8 @@ def resolve(
     model: str | None = None, weights: str | Path | None = None, purpose: str = "upscale"
 ) -> Path:
     """The local weights file for ``--model`` or ``--weights`` (a path or an ``hf://`` URL),
-    or for the bundled default for ``purpose`` (upscale, restore) when neither is given;
-    downloads and checks as needed."""
+    or for the bundled default for ``purpose`` (upscale, no-reference, restore) when neither
+    is given; downloads and checks as needed."""
     if model and weights:
         raise TTSRError("pass either --model or --weights, not both")
     if weights is not None:
@@ -219,7 +230,10 @@ def chosen_name(
     registry's default, said to be the default (a user who named none should know)."""
     if weights is not None:
         return str(weights)
-    return model or f"{load_registry().default_for(purpose)} (the bundled default)"
+    if model:
+        return model
+    case = " without a reference" if purpose == "no-reference" else ""
+    return f"{load_registry().default_for(purpose)} (the bundled default{case})"
 
 
 def check_loaded(entry: Model, family: str, scale: int) -> None:
@@ -407,5 +421,6 @@ def describe(registry: Registry) -> dict[str, Any]:
     return {
         "default": registry.default,
         "default_restore": registry.default_restore or None,
+        "default_no_reference": registry.default_for("no-reference"),
         "models": rows,
     }
