@@ -1,4 +1,5 @@
-"""Training any family on the shared loop: ``ttsr train --arch ttsr|csnln|rl-restore``."""
+"""Training any family on the shared loop: ``ttsr train --arch ttsr|csnln|rl-restore|sftgan|
+sftgan-seg``."""
 
 from ttsr_cli.train.loop import (
     ARCHS,

@@ -38,9 +38,11 @@ _CHECKPOINT = re.compile(r"step-(\d+)\.pt$")
 class TrainOptions:
     """Everything ``ttsr train`` accepts.  ``config``: the family's configuration as plain
     data (None: its paper configuration); ``batch_size`` and ``patch_size`` (the HR patch
-    side) default to the family's official values; ``preset``, ``lte_init``, ``vgg``,
-    ``lr_lte`` and ``match_loss`` are TTSR's; ``scale`` is CSNLN's (TTSR is x4); ``stage``
-    and ``init`` (the weights a stage starts from) are RL-Restore's."""
+    side) default to the family's official values; ``preset`` and ``vgg`` are TTSR's and
+    SFT-GAN's, ``lte_init``, ``lr_lte`` and ``match_loss`` TTSR's; ``scale`` is CSNLN's
+    (TTSR and SFT-GAN are x4); ``stage`` is RL-Restore's; ``init`` (the weights a run starts
+    from) RL-Restore's and SFT-GAN's; ``seg_maps`` and ``seg_palette`` (the photos' class
+    maps) SFT-GAN's."""
 
     data: Path | Sequence[Path]
     out: Path
