@@ -62,36 +62,46 @@ def test_the_authors_condition_as_a_file_gives_their_pixels(tmp_path: Path) -> N
 def test_every_format_of_one_segmentation_gives_the_same_image(
     generator: Path, tmp_path: Path
 ) -> None:
-    """One-hot ``.npy`` probabilities, integer ``.npy`` labels, a grey index PNG, a PNG in the
-    official palette (as ``--save-priors`` writes it, read back) and one in a user palette."""
-    photo = save_png(tmp_path / "photo.png", sample_image("coffee", LR_SIZE))
+    """One-hot ``.npy`` probabilities, integer ``.npy`` labels, a grey index PNG and a PNG in
+    the official palette (one batch, a map per input by stem), one in a user palette, and
+    the PNG ``--save-priors`` wrote, read back."""
+    photo = sample_image("coffee", LR_SIZE)
     index = labels()
-    forms = tmp_path / "forms"
+    photos, forms = tmp_path / "photos", tmp_path / "forms"
+    photos.mkdir()
     forms.mkdir()
     np.save(forms / "onehot.npy", np.eye(8, dtype=np.float32)[index].transpose(2, 0, 1))
     np.save(forms / "labels.npy", index.astype(np.int32))
     Image.fromarray(index.astype(np.uint8), "L").save(forms / "grey.png")
     Image.fromarray(np.asarray(PALETTE, dtype=np.uint8)[index]).save(forms / "official.png")
+    for stem in ("onehot", "labels", "grey", "official"):
+        save_png(photos / f"{stem}.png", photo)
+    out = tmp_path / "out"
+    extra = ["--seg-maps", forms, "--save-priors", tmp_path / "priors"]
+    result = run_cli("upscale", photos, "-w", generator, "-o", out, "--json", *extra)
+    assert result.returncode == 0, result.stderr
+    records = json.loads(result.stdout)["results"]
+    assert len(records) == 4
+    images = {}
+    for record in records:
+        assert record["classes"] == {name: 0.125 for name in CLASSES}, record["input"]
+        images[Path(record["input"]).stem] = np.asarray(Image.open(record["output"]))
     mine = [(30 * k, 255 - 30 * k, 7 * k) for k in range(8)]
-    Image.fromarray(np.asarray(mine, dtype=np.uint8)[index]).save(forms / "mine.png")
+    Image.fromarray(np.asarray(mine, dtype=np.uint8)[index]).save(tmp_path / "mine.png")
     palette = tmp_path / "palette.txt"
     lines = [f"{name} {r} {g} {b}" for name, (r, g, b) in zip(CLASSES, mine, strict=True)]
     palette.write_text("# my colours\n" + "\n".join(lines) + "\n", encoding="utf-8")
-    images = {}
-    for form in ("onehot.npy", "labels.npy", "grey.png", "official.png", "mine.png"):
-        extra = ["--seg-maps", forms / form, "--save-priors", tmp_path / form]
-        if form == "mine.png":
-            extra += ["--seg-palette", palette]
-        record = upscale(generator, photo, tmp_path / f"{form}.png", *extra)
-        assert record["classes"] == {name: 0.125 for name in CLASSES}, form
-        images[form] = np.asarray(Image.open(tmp_path / f"{form}.png"))
-    assert images["onehot.npy"].shape == (*OUT_SIZE[::-1], 3)
+    extra = ["--seg-maps", tmp_path / "mine.png", "--seg-palette", palette]
+    record = upscale(generator, photos / "grey.png", tmp_path / "mine_sr.png", *extra)
+    assert record["classes"] == {name: 0.125 for name in CLASSES}
+    images["mine"] = np.asarray(Image.open(tmp_path / "mine_sr.png"))
+    assert images["onehot"].shape == (*OUT_SIZE[::-1], 3)
     for form, image in images.items():
-        assert np.array_equal(image, images["onehot.npy"]), form
-    saved = tmp_path / "onehot.npy" / "onehot.npy_segmentation.png"  # --save-priors wrote it
-    again = upscale(generator, photo, tmp_path / "again.png", "--seg-maps", saved)
+        assert np.array_equal(image, images["onehot"]), form
+    saved = next((tmp_path / "priors").glob("onehot*_segmentation.png"))  # --save-priors'
+    again = upscale(generator, photos / "onehot.png", tmp_path / "again.png", "--seg-maps", saved)
     assert again["classes"] == {name: 0.125 for name in CLASSES}
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png")), images["onehot.npy"])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again.png")), images["onehot"])
 
 
 def test_an_odd_input_takes_maps_at_four_times_its_size(generator: Path, tmp_path: Path) -> None:

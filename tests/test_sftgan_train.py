@@ -276,22 +276,22 @@ def test_wrong_options_are_refused_in_one_line(
         train(opts)
 
 
-def test_bad_maps_are_reported_by_file_from_the_command_line(
-    data: tuple[Path, Path], tmp_path: Path
-) -> None:
-    """A photo without a map fails before any step, naming the photo; a map of another size
-    names the map and both sizes; neither prints a traceback."""
+def test_bad_maps_are_reported_by_file(data: tuple[Path, Path], tmp_path: Path) -> None:
+    """A photo without a map fails before any step, naming the photo, in one line and no
+    traceback from the command line; a map of another size names the map and both sizes."""
     photos, maps = data
     partial = tmp_path / "maps"
     partial.mkdir()
     for name in list(PHOTOS)[1:]:
         (partial / f"{name}.png").write_bytes((maps / f"{name}.png").read_bytes())
-    base = ("train", "--arch", "sftgan", "--config", "tiny", "--data", photos, "--steps", "1",
-            "--patch-size", "32", "--batch-size", "3")  # fmt: skip
-    result = run_cli(*base, "--seg-maps", partial, "--out", tmp_path / "a")
+    result = run_cli(
+        *("train", "--arch", "sftgan", "--config", "tiny", "--data", photos, "--steps", "1"),
+        *("--patch-size", "32", "--seg-maps", partial, "--out", tmp_path / "a"),
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "astronaut.png: no prior map astronaut.npy or .png in" in result.stderr
+    assert not (tmp_path / "a" / "checkpoints").exists()
     save_png(partial / "astronaut.png", np.zeros((50, 60), np.uint8))
-    result = run_cli(*base, "--seg-maps", partial, "--out", tmp_path / "b")
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "the class map is 60x50, but its photo astronaut.png is 197x167" in result.stderr
+    opts = options((photos, partial), tmp_path / "b", steps=1, batch_size=3)
+    with pytest.raises(TTSRError, match=r"the class map is 60x50, but its photo astronaut\.png is"):
+        train(opts)

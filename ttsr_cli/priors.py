@@ -122,6 +122,18 @@ class PriorMaps:
             )
         return priors
 
+    def size(self, path: Path) -> tuple[int, int]:
+        """The map's (w, h), read from its header alone (a training set's maps are checked
+        against their photos before any step)."""
+        try:
+            if path.suffix.lower() == ".npy":
+                shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+                return int(shape[-1]), int(shape[-2])
+            with Image.open(path) as img:
+                return img.size
+        except (OSError, ValueError, EOFError, IndexError) as exc:
+            raise InputError(f"{path}: cannot read this prior map ({exc})") from None
+
     def load(self, path: Path) -> np.ndarray:
         """float32 ``[8, H, W]`` priors of the map file ``path``, at whatever size it is."""
         return _read_npy(path) if path.suffix.lower() == ".npy" else self._read_png(path)

@@ -50,11 +50,12 @@ def load_runner(
     purpose: str = "upscale",
 ) -> Runner:
     """The runner of ``--model NAME`` or ``--weights FILE`` (the bundled default for
-    ``purpose`` without either: upscale, restore, or evaluate, which takes upscale's
-    default and any model); ``expect``: the family the command needs."""
+    ``purpose`` without either: upscale, no-reference (an upscale given no reference),
+    restore, or evaluate, which takes upscale's default and any model); ``expect``: the
+    family the command needs."""
     path = registry.resolve(model, weights_file, purpose)
     network, descriptor = weights.load(path, expect)
-    if purpose == "upscale" and descriptor.scale == 1:
+    if purpose in ("upscale", "no-reference") and descriptor.scale == 1:
         raise TTSRError(
             f"{path}: a {descriptor.family} model restores at the same size: use ttsr restore, "
             "or ttsr upscale --restore"

@@ -51,7 +51,7 @@ from ttsr_cli.archs.sftgan.generator import SCALE, SFTGAN, SFTGANConfig
 from ttsr_cli.archs.sftgan.load import FAMILY, load_segmentation
 from ttsr_cli.archs.sftgan.segmentation import STRIDE, OutdoorSceneSeg
 from ttsr_cli.errors import InputError, TTSRError
-from ttsr_cli.imageio import read_rgb
+from ttsr_cli.imageio import probe_size, read_rgb
 from ttsr_cli.imresize import imresize
 from ttsr_cli.priors import PriorMaps, read_palette
 from ttsr_cli.train.patches import PatchDataset, augment, chw_tensor
@@ -101,8 +101,20 @@ class SegPatchDataset(PatchDataset):
         super().__init__(roots, patch_size, SCALE, seed)
         self.maps, self.segmentation_input = maps, segmentation_input
         self.map_paths = [maps.find(photo) for photo in self.inputs]  # all present, up front
-        self._sizes: dict[int, tuple[int, int]] = {}
+        self._sizes = [self._checked_size(k) for k in range(len(self.inputs))]
         self._seg_inputs: dict[int, np.ndarray] = {}
+
+    def _checked_size(self, index: int) -> tuple[int, int]:
+        """The photo's (h, w), equal to its map's (read from both headers, before any step)."""
+        photo, path = self.inputs[index], self.map_paths[index]
+        width, height = probe_size(photo)
+        found = self.maps.size(path)
+        if found != (width, height):
+            raise InputError(
+                f"{path}: the class map is {found[0]}x{found[1]}, but its photo {photo.name} is "
+                f"{width}x{height} (training maps are at the photo's size)"
+            )
+        return height, width
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
         index, rng = self.draw(k)
@@ -129,7 +141,6 @@ class SegPatchDataset(PatchDataset):
         """The photo cropped to a multiple of 4 and its LR (MATLAB bicubic, 8-bit), once."""
         if index not in self._pairs:
             photo = read_rgb(self.inputs[index])
-            self._sizes[index] = photo.shape[:2]
             h, w = (s // SCALE * SCALE for s in photo.shape[:2])
             if min(h, w) < self.patch:
                 raise InputError(
@@ -142,16 +153,10 @@ class SegPatchDataset(PatchDataset):
 
     def _priors(self, index: int, size: tuple[int, int]) -> np.ndarray:
         """The photo's class map, read each time (a folder's maps need not fit in memory),
-        at the photo's size and cropped as the photo is."""
-        path = self.map_paths[index]
-        priors = self.maps.load(path)
-        if priors.shape[1:] != self._sizes[index]:
-            found = f"{priors.shape[2]}x{priors.shape[1]}"
-            h, w = self._sizes[index]
-            raise InputError(
-                f"{path}: the class map is {found}, but its photo {self.inputs[index].name} is "
-                f"{w}x{h} (training maps are at the photo's size)"
-            )
+        cropped as the photo is (its size was checked up front)."""
+        priors = self.maps.load(self.map_paths[index])
+        if priors.shape[1:] != self._sizes[index]:  # the file changed since
+            raise InputError(f"{self.map_paths[index]}: the class map changed size")
         return priors[:, : size[0], : size[1]]
 
     def _segmentation_input(self, index: int) -> np.ndarray:
