@@ -24,7 +24,7 @@ from PIL import Image
 from conftest import sample_image, save_png
 from ttsr_cli.archs.ttsr import TTSR
 from ttsr_cli.errors import TTSRError
-from ttsr_cli.registry import HubFile, load_registry, parse_hf_url
+from ttsr_cli.registry import HubFile, describe, load_registry, parse_hf_url
 from ttsr_cli.weights import load
 
 REPO, FILE = "test-org/ttsr-tiny", "tiny.safetensors"
@@ -266,7 +266,7 @@ def test_an_upscale_without_a_reference_uses_default_no_reference(
     assert not np.array_equal(
         np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png"))
     )
-    listing = json.loads(ttsr("models", "--json", env=env).stdout)
+    listing = describe(load_registry(registry))  # what ttsr models --json prints
     assert (listing["default"], listing["default_no_reference"]) == ("local", "alone")
 
 

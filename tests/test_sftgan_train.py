@@ -265,6 +265,7 @@ def test_segmentation_fine_tuning_lowers_its_loss_with_batchnorm_frozen(
         ({"arch": "ttsr"}, "--seg-maps and --seg-palette are SFT-GAN's"),
         ({"preset": "gan", "patch_size": 40}, "--patch-size 40: the ACD takes patches"),
         ({"scale": 2}, "--scale 2: SFT-GAN super-resolves x4 only"),
+        ({"patch_size": 168}, "astronaut.png: smaller than the 168 px training patch"),
         ({"arch": "sftgan-seg", "config": {}, "preset": "gan"}, "--preset is the generator's"),
     ],
 )

@@ -114,6 +114,8 @@ class SegPatchDataset(PatchDataset):
                 f"{path}: the class map is {found[0]}x{found[1]}, but its photo {photo.name} is "
                 f"{width}x{height} (training maps are at the photo's size)"
             )
+        if min(width, height) // SCALE * SCALE < self.patch:
+            raise InputError(f"{photo}: smaller than the {self.patch} px training patch")
         return height, width
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
@@ -140,12 +142,8 @@ class SegPatchDataset(PatchDataset):
     def _pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The photo cropped to a multiple of 4 and its LR (MATLAB bicubic, 8-bit), once."""
         if index not in self._pairs:
-            photo = read_rgb(self.inputs[index])
+            photo = read_rgb(self.inputs[index])  # its size was checked up front
             h, w = (s // SCALE * SCALE for s in photo.shape[:2])
-            if min(h, w) < self.patch:
-                raise InputError(
-                    f"{self.inputs[index]}: smaller than the {self.patch} px training patch"
-                )
             hr = photo[:h, :w]
             lr = imresize(hr / 255.0, 1 / SCALE).clip(0, 1) * 255
             self._pairs[index] = (hr, np.round(lr).astype(np.uint8))
