@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -85,6 +86,13 @@ def sample_image(name: str = "astronaut", size: tuple[int, int] | None = None) -
 def save_png(path: Path, array: np.ndarray) -> Path:
     Image.fromarray(array).save(path)
     return path
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (for a torchrun rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import require_sftgan_fixture, run_cli, sample_image, save_png
+from conftest import free_port, require_sftgan_fixture, run_cli, sample_image, save_png
 from ttsr_cli.archs.sftgan.acd import ACD
 from ttsr_cli.archs.sftgan.load import load_segmentation
 from ttsr_cli.archs.sftgan.segmentation import OutdoorSceneSeg
@@ -197,13 +196,18 @@ def test_gan_under_two_process_ddp_ends_with_identical_ranks(
 ) -> None:
     """Generator and discriminator in step on both ranks, through the L1 pretraining (two
     epochs: 3 photos, 2 per rank, 1 step each) and two gan steps."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     run = tmp_path / "ddp"
     command = [
         *(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"),
-        *("--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "ttsr_cli", "train"),
+        *(
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(free_port()),
+            "-m",
+            "ttsr_cli",
+            "train",
+        ),
         *("--arch", "sftgan", "--config", "tiny", "--preset", "gan", "--vgg", str(vgg_file)),
         *("--data", str(data[0]), "--seg-maps", str(data[1]), "--out", str(run)),
         *("--steps", "4", "--batch-size", "2", "--patch-size", "32", "--log-every", "1"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import kill_mid_write, make_cufed5, run_cli, sample_image, save_png
+from conftest import free_port, kill_mid_write, make_cufed5, run_cli, sample_image, save_png
 from ttsr_cli.archs.vgg import VGG19Features
 from ttsr_cli.devices import TorchrunEnv
 from ttsr_cli.errors import TTSRError
@@ -138,12 +137,6 @@ def test_sigkill_mid_checkpoint_write_keeps_the_previous_checkpoint(
     assert not partial.exists()  # the cut-short write is cleared on the next start
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # two processes and a gloo rendezvous
 def test_two_process_ddp_ranks_end_identical(photos: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"
@@ -158,7 +151,7 @@ def test_two_process_ddp_ranks_end_identical(photos: Path, tmp_path: Path) -> No
             "--master-addr",
             "127.0.0.1",
             "--master-port",
-            str(_free_port()),
+            str(free_port()),
             "-m",
             "ttsr_cli",
             "train",

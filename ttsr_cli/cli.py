@@ -304,8 +304,10 @@ def upscale(
         )
         jobs = batch.plan(sources, outputs, references)
         warnings = batch.check_references(jobs, runner.descriptor.scale)
-        report = _Report(len(jobs), quiet, verbose, debug, str(settings.device), warnings)
-        report.model = registry.chosen_name(model, weights, purpose)
+        name = registry.chosen_name(model, weights, purpose)
+        report = _Report(
+            len(jobs), quiet, verbose, debug, str(settings.device), warnings, model=name
+        )
         _run_jobs(runner, jobs, outputs, report, start, json_output)
 
 
@@ -419,6 +421,7 @@ class _Report:
         device: str,
         warnings: list[str],
         doing: str = "upscaling",
+        model: str | None = None,
     ) -> None:
         self.single = total == 1
         self.quiet, self.verbose, self.debug, self.device = quiet, verbose, debug, device
@@ -434,8 +437,7 @@ class _Report:
         )
         self.task = self.progress.add_task(doing, total=total)
         self.tiles = self.progress.add_task("tiles", total=None, visible=False)
-        #: What reports name the model run (``--verbose`` and ``--json``; None: not said).
-        self.model: str | None = None
+        self.model = model  # named by --verbose and --json (None: not said)
 
     def __enter__(self) -> _Report:
         if not self.quiet:
