@@ -88,6 +88,24 @@ def test_train_resume_export_and_upscale_through_the_cli(photos: Path, tmp_path:
     assert out.exists()
 
 
+def test_init_fine_tunes_a_model_with_its_own_configuration(photos: Path, tmp_path: Path) -> None:
+    """--init starts from the file's weights (its LTE too, not a fresh one) and takes its
+    configuration over --config's; a family the file is not is refused in one line."""
+    from ttsr_cli.weights import read_checkpoint
+
+    train(options(photos, tmp_path / "base", steps=2, lr=1e-3))
+    base = tmp_path / "base" / "model.safetensors"
+    tuned = tmp_path / "tuned"
+    train(options(photos, tuned, steps=1, lr=1e-9, lr_lte=1e-9, init=base, config={}))
+    before, meta = read_checkpoint(base)
+    after, tuned_meta = read_checkpoint(tuned / "model.safetensors")
+    assert json.loads(tuned_meta["config"]) == json.loads(meta["config"])
+    assert before.keys() == after.keys()
+    assert max(float((before[k] - after[k]).abs().max()) for k in before) < 1e-6
+    with pytest.raises(TTSRError, match="--init is for --arch ttsr"):
+        train(options(photos, tmp_path / "c", steps=1, arch="csnln", init=base))
+
+
 def test_resumed_run_matches_the_uninterrupted_one(photos: Path, tmp_path: Path) -> None:
     straight = tmp_path / "straight"
     train(options(photos, straight, steps=6))
@@ -210,12 +228,53 @@ def test_mismatched_cufed_tree_is_refused(tmp_path: Path) -> None:
 def test_synthesised_reference_overlaps_the_input(photos: Path) -> None:
     data = PairDataset(photos, 48, seed=3)
     same = [data[k] for k in range(12)]
-    # the reference is a warped view of the same photo in most samples: its colours match
+    # the reference is a view of the same photo in most samples: its colours match, up to the
+    # warped views' exposure change
     close = sum(
-        float((s["hr"].mean((1, 2)) - s["ref"].mean((1, 2))).abs().max()) < 0.25 for s in same
+        float((s["hr"].mean((1, 2)) - s["ref"].mean((1, 2))).abs().max()) < 0.4 for s in same
     )
     assert close >= 8
     assert all(torch.equal(a, b) for a, b in zip(data[5].values(), data[5].values(), strict=True))
+
+
+def _orientation(image: torch.Tensor) -> tuple[tuple[str, bool], ...]:
+    """Which way the ramps of ``_ramp_photo`` run (red to the right, green downwards when
+    upright): for each, its axis and whether it rises; the eight turns and flips differ."""
+    half = image.shape[1] // 2
+    ramps = []
+    for channel in image[:2]:
+        dx = float(channel[:, half:].mean() - channel[:, :half].mean())
+        dy = float(channel[half:].mean() - channel[:half].mean())
+        ramps.append(("x", dx > 0) if abs(dx) > abs(dy) else ("y", dy > 0))
+    return tuple(ramps)
+
+
+def _ramp_photo(side: int) -> np.ndarray:
+    ramp = np.linspace(20, 235, side)
+    photo = np.zeros((side, side, 3), np.uint8)
+    photo[..., 0], photo[..., 1], photo[..., 2] = ramp[None, :], ramp[:, None], 128
+    return photo
+
+
+def test_a_reference_from_the_same_photo_keeps_the_pairs_orientation(tmp_path: Path) -> None:
+    """Same-photo and self references are turned with the pair (a photo of the same scene is
+    upright); only another photo's is turned on its own.  Every photo is the same ramp, so the
+    ramps' directions show the turns: independent turns would agree one time in eight."""
+    for name in "abc":
+        save_png(tmp_path / f"{name}.png", _ramp_photo(200))
+    data = PairDataset(tmp_path, 48, seed=5)
+    agree = [
+        _orientation(s["hr"]) == _orientation(s["ref"]) for s in map(data.__getitem__, range(60))
+    ]
+    assert sum(agree) >= 50  # 10% of references come from another photo
+
+
+def test_a_warped_reference_is_shot_at_another_exposure(tmp_path: Path) -> None:
+    grey = np.full((200, 200, 3), 128, np.uint8)
+    save_png(tmp_path / "grey.png", grey)
+    data = PairDataset(tmp_path, 48, seed=1)
+    levels = {round(float(data[k]["ref"][:, 16:32, 16:32].mean()), 2) for k in range(40)}
+    assert len(levels) > 10  # the unwarped and self references stay at 128 (0.0039)
 
 
 def _random_vgg_file(path: Path) -> Path:

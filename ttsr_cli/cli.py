@@ -600,9 +600,11 @@ def train(
     init: Annotated[
         Path | None,
         typer.Option(
-            help="Weights to start from. RL-Restore: the previous stage's model.safetensors "
-            "(required for --stage agent and joint); SFT-GAN: a generator (the authors' or "
-            "a rec run's) or, for sftgan-seg, the segmentation network to fine-tune."
+            help="Weights to start from (their configuration replaces --config). TTSR: a "
+            "model to fine-tune (ours, such as models/ttsr.safetensors, or the authors'); "
+            "RL-Restore: the previous stage's model.safetensors (required for --stage agent "
+            "and joint); SFT-GAN: a generator (the authors' or a rec run's) or, for "
+            "sftgan-seg, the segmentation network to fine-tune."
         ),
     ] = None,
     config: Annotated[

@@ -109,8 +109,8 @@ def _refuse_foreign_options(opts: TrainOptions) -> None:
     """Options of one family given to another are refused, not silently ignored."""
     if opts.arch != "rl-restore" and opts.stage != "tools":
         raise TTSRError("--stage is RL-Restore's (--arch rl-restore)")
-    if opts.arch not in ("rl-restore", "sftgan", "sftgan-seg") and opts.init is not None:
-        raise TTSRError("--init is for --arch rl-restore, sftgan and sftgan-seg")
+    if opts.arch == "csnln" and opts.init is not None:
+        raise TTSRError("--init is for --arch ttsr, rl-restore, sftgan and sftgan-seg")
     if not opts.arch.startswith("sftgan") and (opts.seg_maps or opts.seg_palette):
         raise TTSRError("--seg-maps and --seg-palette are SFT-GAN's (--arch sftgan, sftgan-seg)")
 

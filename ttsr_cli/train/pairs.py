@@ -13,10 +13,19 @@ Two sources:
     given), so the network learns that a blurred reference carries no texture worth copying;
   - a crop of another photo, so it also learns to rely on soft attention when nothing matches.
 
+  A warped crop also gets a random exposure (gain and gamma), as a second photo of the same
+  scene has: the network must borrow its texture, not its brightness.
+
 Every random choice of sample ``k`` derives from ``(seed, k)`` alone, so a run resumed from a
 checkpoint, or split over several processes, draws exactly the samples an uninterrupted
-single-process run would.  Augmentation follows the original: flips and 90-degree rotations,
-drawn independently for the LR/HR pair and for the reference.
+single-process run would.
+
+Augmentation: flips and 90-degree rotations.  The original draws them independently for the
+LR/HR pair and for the reference, as CUFED's references are other photos; so does the CUFED
+layout here, and so does a reference from another photo.  A reference cut from the same photo
+(and the self-reference) keeps the pair's orientation, as a photo of the same scene is upright
+like the input: independently turned, its texture would match the LR's only one time in
+eight, and the network would learn to distrust it.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ SELF_REFERENCE_SHARE = 0.15
 UNWARPED_SHARE = 0.35
 MAX_ROTATION_DEG = 20.0
 SCALE_RANGE = (0.8, 1.25)
+#: Exposure of a warped reference: gain and gamma, each log-uniform in this range.
+EXPOSURE_RANGE = (0.8, 1.25)
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -107,8 +118,11 @@ class PairDataset(torch.utils.data.Dataset):
         epoch, position = divmod(k, len(self))
         order = np.random.default_rng([self.seed, epoch, 1]).permutation(len(self))
         index = int(order[position])
-        sample = self._cufed(index) if self.cufed else self._synthesise(index, rng)
-        return to_tensors(augment(sample, rng))
+        if self.cufed:
+            sample, upright = self._cufed(index), False
+        else:
+            sample, upright = self._synthesise(index, rng)
+        return to_tensors(augment(sample, rng, upright))
 
     def _photo(self, index: int) -> np.ndarray:
         """Decoded photos are kept: the folders this mode is for fit in memory."""
@@ -123,7 +137,9 @@ class PairDataset(torch.utils.data.Dataset):
         ref = read_rgb(self.refs[index])[: self.patch, : self.patch]
         return _degrade(hr, ref, pad_to=self.patch)
 
-    def _synthesise(self, index: int, rng: np.random.Generator) -> Sample:
+    def _synthesise(self, index: int, rng: np.random.Generator) -> tuple[Sample, bool]:
+        """A pair cut from photo ``index`` and its reference; True when the reference comes
+        from the same photo (and so shares the pair's orientation)."""
         photo = self._photo(index)
         p = self.patch
         if min(photo.shape[:2]) < p:
@@ -133,15 +149,16 @@ class PairDataset(torch.utils.data.Dataset):
         hr = photo[y : y + p, x : x + p]
         kind = rng.random()
         if kind < SELF_REFERENCE_SHARE:
-            return _degrade(hr, None, pad_to=p)
+            return _degrade(hr, None, pad_to=p), True
         kind -= SELF_REFERENCE_SHARE
         if len(self) > 1 and kind < OTHER_PHOTO_SHARE:
             other = (index + 1 + int(rng.integers(0, len(self) - 1))) % len(self)
-            ref = _warped_crop(self._photo(other), None, p, rng)
-        else:
-            warp = kind >= OTHER_PHOTO_SHARE + UNWARPED_SHARE
-            ref = _warped_crop(photo, (y + p / 2, x + p / 2), p, rng, warp)
-        return _degrade(hr, ref, pad_to=p)
+            return _degrade(hr, _warped_crop(self._photo(other), None, p, rng), pad_to=p), False
+        warp = kind >= OTHER_PHOTO_SHARE + UNWARPED_SHARE
+        ref = _warped_crop(photo, (y + p / 2, x + p / 2), p, rng, warp)
+        if warp:
+            ref = _exposure(ref, rng)
+        return _degrade(hr, ref, pad_to=p), True
 
 
 def _warped_crop(
@@ -175,6 +192,14 @@ def _warped_crop(
     return np.asarray(image)
 
 
+def _exposure(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``image`` as if shot at another exposure: a random gain and gamma on [0, 1] values."""
+    low, high = math.log(EXPOSURE_RANGE[0]), math.log(EXPOSURE_RANGE[1])
+    gain, gamma = np.exp(rng.uniform(low, high, size=2))
+    values = np.clip(gain * (image / 255.0) ** gamma, 0.0, 1.0)
+    return np.round(values * 255.0).astype(np.uint8)
+
+
 def _degrade(hr: np.ndarray, ref: np.ndarray | None, pad_to: int) -> Sample:
     """LR, LR-up and Ref-down-up made with Pillow bicubic on uint8, as the original does; the
     reference is zero-padded to ``pad_to`` so samples batch together (as the original).
@@ -194,10 +219,13 @@ def _degrade(hr: np.ndarray, ref: np.ndarray | None, pad_to: int) -> Sample:
     return Sample(lr=lr, lrsr=lrsr, hr=hr, ref=padded_ref, refsr=padded_refsr)
 
 
-def augment(sample: Sample, rng: np.random.Generator) -> Sample:
-    """Random 90-degree rotations and flips, drawn separately for (LR, LR-up, HR) and Ref."""
+def augment(sample: Sample, rng: np.random.Generator, upright: bool = False) -> Sample:
+    """Random 90-degree rotations and flips of (LR, LR-up, HR), and of Ref: the pair's when
+    ``upright``, drawn separately otherwise (the same draws are made either way)."""
     k_pair, k_ref = int(rng.integers(0, 4)), int(rng.integers(0, 4))
     flips = rng.integers(0, 2, size=4)
+    if upright:
+        k_ref, flips[1], flips[3] = k_pair, flips[0], flips[2]
 
     def pair(a: np.ndarray) -> np.ndarray:
         a = np.rot90(a, k_pair)

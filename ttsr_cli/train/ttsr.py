@@ -75,12 +75,23 @@ class TTSRRecipe(Recipe):
         self.critic_net: nn.Module | None = None
         self.critic_optimizer: torch.optim.Optimizer | None = None
         self.warmup_steps = 0
+        self.initial: TTSR | None = None
+        if opts.init is not None:
+            from ttsr_cli.weights import load
+
+            model, descriptor = load(opts.init, expect="ttsr")
+            self.initial = model  # type: ignore[assignment]
+            opts.config = descriptor.config
 
     def create(self) -> nn.Module:
-        try:
-            model = TTSR(TTSRConfig.from_dict(dict(self.opts.config)))
-        except (TypeError, ValueError) as exc:
-            raise TTSRError(f"invalid TTSR configuration: {exc}") from None
+        """A fresh model (its LTE from VGG19 when ``--lte-init`` says so), or ``--init``'s."""
+        if self.initial is not None:
+            model = self.initial
+        else:
+            try:
+                model = TTSR(TTSRConfig.from_dict(dict(self.opts.config)))
+            except (TypeError, ValueError) as exc:
+                raise TTSRError(f"invalid TTSR configuration: {exc}") from None
         self._init_from_vgg(model)
         return model
 
@@ -88,18 +99,19 @@ class TTSRRecipe(Recipe):
         return PairDataset(self.opts.data, self.opts.patch_size, self.opts.seed)
 
     def _init_from_vgg(self, model: TTSR) -> None:
-        """The LTE from ImageNet VGG19 (``--lte-init``) and VGG19 for the perceptual loss."""
+        """The LTE from ImageNet VGG19 (``--lte-init``; never over ``--init``'s) and VGG19
+        for the perceptual loss."""
         from ttsr_cli import vgg_weights
 
-        lte_init = self.opts.lte_init
-        if lte_init == "auto":
-            lte_init = "vgg19" if model.LTE.widths == VGG_WIDTHS else "random"
-        if lte_init == "random" and "per" not in self.weights:
+        source: str | None = self.opts.lte_init  # None: the LTE stays as it is
+        if self.initial is not None or source == "random":
+            source = None
+        elif source == "auto":
+            source = "vgg19" if model.LTE.widths == VGG_WIDTHS else None
+        if source is None and "per" not in self.weights:
             return
-        layers = vgg_weights.vgg19_features(
-            self.opts.vgg if lte_init in ("vgg19", "random") else lte_init
-        )
-        if lte_init != "random":
+        layers = vgg_weights.vgg19_features(self.opts.vgg if source in (None, "vgg19") else source)
+        if source is not None:
             vgg_weights.init_lte(model.LTE, layers)
         if "per" in self.weights:
             self.vgg = vgg_weights.perceptual_network(layers)
