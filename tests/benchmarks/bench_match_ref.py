@@ -16,6 +16,7 @@ import argparse
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,13 @@ def retrieval_pairs(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(HR query crop, its true reference) for the first ``limit`` images (default all); the
     first pairs are the same whatever the limit, so other benchmarks can take a prefix."""
+    return [(query, ref) for query, ref, _ in retrieval_cases(folder, seed, limit)]
+
+
+def retrieval_cases(
+    folder: Path, seed: int = 0, limit: int | None = None
+) -> list[tuple[np.ndarray, np.ndarray, Placement]]:
+    """The pairs of :func:`retrieval_pairs`, each with where its reference was cut."""
     rng = random.Random(seed)
     return [
         _pair(np.asarray(Image.open(path).convert("RGB")), rng)
@@ -51,7 +59,22 @@ def retrieval_pairs(
     ]
 
 
-def _pair(hr: np.ndarray, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Placement:
+    """The reference is the query's image shifted by (dy, dx) HR pixels, then resized from
+    ``CROP`` to ``side`` pixels."""
+
+    dy: int
+    dx: int
+    side: int
+
+    def in_reference(self, y: float, x: float) -> tuple[float, float]:
+        """Where query pixel (y, x) (centre coordinates) lies in the reference."""
+        ratio = self.side / CROP
+        return (y - self.dy + 0.5) * ratio - 0.5, (x - self.dx + 0.5) * ratio - 0.5
+
+
+def _pair(hr: np.ndarray, rng: random.Random) -> tuple[np.ndarray, np.ndarray, Placement]:
     """A query crop and its shifted, rescaled reference crop, both inside ``hr``."""
     h, w = hr.shape[:2]
     while True:
@@ -65,7 +88,7 @@ def _pair(hr: np.ndarray, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
     ref = hr[y0 + dy : y0 + dy + CROP, x0 + dx : x0 + dx + CROP]
     side = round(CROP * scale)
     ref = np.asarray(Image.fromarray(ref).resize((side, side), Image.BICUBIC))
-    return hr[y0 : y0 + CROP, x0 : x0 + CROP], ref
+    return hr[y0 : y0 + CROP, x0 : x0 + CROP], ref, Placement(dy, dx, side)
 
 
 def raw_pixels(image: torch.Tensor) -> torch.Tensor:
