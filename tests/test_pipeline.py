@@ -125,9 +125,10 @@ def test_image_with_alpha_and_sixteen_bits_is_upscaled_whole(tiny_model) -> None
 
 
 def test_bf16_stays_close_to_fp32_and_really_runs_in_bf16() -> None:
-    """The bundled model in bf16 against fp32 (64x48 LR, a 128x96 reference).  Measured:
-    59.0 dB, 8% of the values moved, by at most 2 levels; with the weights themselves cast
-    to bf16 instead of autocast, 55.5 dB."""
+    """The bundled model in bf16 against fp32 (64x48 LR, a 128x96 reference).  Measured with
+    the file fine-tuned for the reference (2026-12-01): 56.8 dB, 12% of the values moved, 66
+    (0.05%) by more than 2 levels, at most 5, where bf16 moved a match.  Stage 1's file, which
+    leaned less on the reference: 59.0 dB, at most 2 levels."""
     model, _ = load(BUNDLED)
     lr, ref = sample_image("astronaut", (64, 48)), sample_image("coffee", (128, 96))
     outputs = {}
@@ -138,8 +139,9 @@ def test_bf16_stays_close_to_fp32_and_really_runs_in_bf16() -> None:
     assert half.shape == (192, 256, 3) and half.dtype == np.uint8
     assert next(model.parameters()).dtype == torch.float32
     moved = np.abs(full.astype(int) - half.astype(int))
-    assert 0 < moved.max() <= 3  # bf16 did run, and stayed close
-    assert psnr_rgb(half, full) >= 56
+    assert 0 < moved.max() <= 8  # bf16 did run, and stayed close
+    assert (moved > 2).mean() < 1e-3
+    assert psnr_rgb(half, full) >= 55
 
 
 def test_reference_cache_encodes_once_and_forgets_after_last_use(

@@ -90,7 +90,7 @@ def test_train_resume_export_and_upscale_through_the_cli(photos: Path, tmp_path:
 
 def test_init_fine_tunes_a_model_with_its_own_configuration(photos: Path, tmp_path: Path) -> None:
     """--init starts from the file's weights (its LTE too, not a fresh one) and takes its
-    configuration over --config's; a family the file is not is refused in one line."""
+    configuration over --config's; CSNLN's --init and an --lte-init beside it are refused."""
     from ttsr_cli.weights import read_checkpoint
 
     train(options(photos, tmp_path / "base", steps=2, lr=1e-3))
@@ -104,6 +104,8 @@ def test_init_fine_tunes_a_model_with_its_own_configuration(photos: Path, tmp_pa
     assert max(float((before[k] - after[k]).abs().max()) for k in before) < 1e-6
     with pytest.raises(TTSRError, match="--init is for --arch ttsr"):
         train(options(photos, tmp_path / "c", steps=1, arch="csnln", init=base))
+    with pytest.raises(TTSRError, match="with --init the LTE is the file's"):
+        train(options(photos, tmp_path / "d", steps=1, init=base, lte_init="vgg19"))
 
 
 def test_resumed_run_matches_the_uninterrupted_one(photos: Path, tmp_path: Path) -> None:

@@ -79,6 +79,9 @@ class TTSRRecipe(Recipe):
         if opts.init is not None:
             from ttsr_cli.weights import load
 
+            if opts.lte_init != "auto":
+                raise TTSRError("--lte-init is for a new model: with --init the LTE is the file's")
+
             model, descriptor = load(opts.init, expect="ttsr")
             self.initial = model  # type: ignore[assignment]
             opts.config = descriptor.config
