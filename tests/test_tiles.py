@@ -164,9 +164,12 @@ def test_sixteen_bits_tile_too(tiny_model) -> None:
 def test_the_bundled_model_tiled_with_its_margins_gives_the_untiled_pixels() -> None:
     """A trained model that sees far: its tiles' margins must cover what it sees beyond a core.
 
-    Measured (96x72 LR, 6 tiles of 40 LR pixels): with the 32-pixel margins (16 in the fine
-    pass) every 8-bit value equals the untiled one; with half margins 69.1 dB, 0.8% of the
-    values one level apart; with no margins 23.1 dB, up to 92 levels apart."""
+    Measured (96x72 LR, 6 tiles of 40 LR pixels), stage 1's bundled file: with the 32-pixel
+    margins (16 in the fine pass) every 8-bit value equals the untiled one; with half margins
+    69.1 dB, 0.8% of the values one level apart; with no margins 23.1 dB, up to 92 levels
+    apart.  The file fine-tuned for the reference (2026-12-01), with the margins: 1 value of
+    331,776 one level apart, the same matches everywhere: the convolutions of other shapes sum
+    in another order, and one value rounds the other way."""
     model, _ = load(BUNDLED)
     lr, ref = sample_image("astronaut", (96, 72)), sample_image("coffee", (160, 120))
     whole = TTSRRunner(model, torch.device("cpu"))
@@ -174,4 +177,5 @@ def test_the_bundled_model_tiled_with_its_margins_gives_the_untiled_pixels() -> 
     tiled = TTSRRunner(model, torch.device("cpu"), tile=40)
     result = tiled.upscale_detailed(lr, [tiled.encode_reference(ref)])
     assert result.tiles == 6
-    assert np.array_equal(result.sr, expected)
+    moved = np.abs(result.sr.astype(int) - expected.astype(int))
+    assert moved.max() <= 1 and np.count_nonzero(moved) <= 10  # half margins: 2,600
