@@ -95,6 +95,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_torchrun_train(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``ttsr train ARGS`` as two DDP processes under torchrun (gloo, one thread each, a
+    loopback rendezvous on a free port), as a user would launch it."""
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"),
+        *("--master-addr", "127.0.0.1", "--master-port", str(free_port())),
+        *("-m", "ttsr_cli", "train", *map(str, args)),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
 def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``ttsr`` in a real subprocess, as a user would."""
     return subprocess.run(

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SHARED, TINY, free_port, run_cli, sample_image, save_png
+from conftest import SHARED, TINY, run_cli, run_torchrun_train, sample_image, save_png
 from ttsr_cli import archs
 from ttsr_cli.archs.ttsr import TTSR
 from ttsr_cli.metrics import score
@@ -254,15 +254,11 @@ def test_resuming_a_run_of_another_family_is_refused(photos: Path, tmp_path: Pat
 @pytest.mark.slow  # two processes and a gloo rendezvous
 def test_two_process_ddp_csnln_ranks_end_identical(photos: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    command = [
-        *(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"),
-        *("--master-addr", "127.0.0.1", "--master-port", str(free_port())),
-        *("-m", "ttsr_cli", "train", "--arch", "csnln", "--config", "tiny", "--scale", "2"),
-        *("--data", str(photos), "--out", str(run), "--steps", "2", "--batch-size", "1"),
+    result = run_torchrun_train(
+        *("--arch", "csnln", "--config", "tiny", "--scale", "2"),
+        *("--data", photos, "--out", run, "--steps", "2", "--batch-size", "1"),
         *("--patch-size", "24", "--device", "cpu"),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     end = next(r for r in lines if r.get("event") == "end")

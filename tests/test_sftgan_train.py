@@ -5,9 +5,6 @@ starting from the authors' layouts, and the one-line refusals."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +14,13 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import free_port, require_sftgan_fixture, run_cli, sample_image, save_png
+from conftest import (
+    require_sftgan_fixture,
+    run_cli,
+    run_torchrun_train,
+    sample_image,
+    save_png,
+)
 from ttsr_cli.archs.sftgan.acd import ACD
 from ttsr_cli.archs.sftgan.load import load_segmentation
 from ttsr_cli.archs.sftgan.segmentation import OutdoorSceneSeg
@@ -197,23 +200,11 @@ def test_gan_under_two_process_ddp_ends_with_identical_ranks(
     """Generator and discriminator in step on both ranks, through the L1 pretraining (two
     epochs: 3 photos, 2 per rank, 1 step each) and two gan steps."""
     run = tmp_path / "ddp"
-    command = [
-        *(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"),
-        *(
-            "--master-addr",
-            "127.0.0.1",
-            "--master-port",
-            str(free_port()),
-            "-m",
-            "ttsr_cli",
-            "train",
-        ),
-        *("--arch", "sftgan", "--config", "tiny", "--preset", "gan", "--vgg", str(vgg_file)),
-        *("--data", str(data[0]), "--seg-maps", str(data[1]), "--out", str(run)),
+    result = run_torchrun_train(
+        *("--arch", "sftgan", "--config", "tiny", "--preset", "gan", "--vgg", vgg_file),
+        *("--data", data[0], "--seg-maps", data[1], "--out", run),
         *("--steps", "4", "--batch-size", "2", "--patch-size", "32", "--log-every", "1"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = (run / "log.jsonl").read_text().splitlines()
     end = json.loads(lines[-1])

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +10,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import free_port, kill_mid_write, make_cufed5, run_cli, sample_image, save_png
+from conftest import (
+    kill_mid_write,
+    make_cufed5,
+    run_cli,
+    run_torchrun_train,
+    sample_image,
+    save_png,
+)
 from ttsr_cli.archs.vgg import VGG19Features
 from ttsr_cli.devices import TorchrunEnv
 from ttsr_cli.errors import TTSRError
@@ -160,34 +164,7 @@ def test_sigkill_mid_checkpoint_write_keeps_the_previous_checkpoint(
 @pytest.mark.slow  # two processes and a gloo rendezvous
 def test_two_process_ddp_ranks_end_identical(photos: Path, tmp_path: Path) -> None:
     run = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "--master-addr",
-            "127.0.0.1",
-            "--master-port",
-            str(free_port()),
-            "-m",
-            "ttsr_cli",
-            "train",
-            "--data",
-            str(photos),
-            "--out",
-            str(run),
-            "--steps",
-            "3",
-            *TRAIN_ARGS,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    result = run_torchrun_train("--data", photos, "--out", run, "--steps", "3", *TRAIN_ARGS)
     assert result.returncode == 0, result.stderr[-3000:]
     end = next(r for r in read_log(run) if r.get("event") == "end")
     assert len(end["rank_checksums"]) == 2
