@@ -41,7 +41,7 @@ class TrainOptions:
     side) default to the family's official values; ``preset`` and ``vgg`` are TTSR's and
     SFT-GAN's, ``lte_init``, ``lr_lte`` and ``match_loss`` TTSR's; ``scale`` is CSNLN's
     (TTSR and SFT-GAN are x4); ``stage`` is RL-Restore's; ``init`` (the weights a run starts
-    from) RL-Restore's and SFT-GAN's; ``seg_maps`` and ``seg_palette`` (the photos' class
+    from) is all but CSNLN's; ``seg_maps`` and ``seg_palette`` (the photos' class
     maps) SFT-GAN's."""
 
     data: Path | Sequence[Path]
