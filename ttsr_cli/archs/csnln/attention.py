@@ -39,6 +39,14 @@ Query rows are streamed in chunks.  Each row pass of ``D`` needs the rows above 
 it emits a row once the next one has arrived and keeps the last two (:class:`_RowPass`): every
 row of every matrix is computed once, whatever the chunk size, which matters for wide maps,
 where a chunk may be a single row.
+
+With no bound (``chunk_bytes=None``: training patches) each image is one piece, and ``D`` runs
+as an autograd function whose backward is ``D`` of the gradient: ``D`` is its own adjoint,
+because its offset set is symmetric.  Left to autograd, each of its in-place slice sums saves
+and zero-fills a full-size copy, which made the backward several times the forward.  Under
+autograd the piece is also checkpointed: its (positions x keys) matrices, most of a training
+step's memory, are recomputed in the backward instead of kept, which costs no measurable time
+(``tests/benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.checkpoint import checkpoint
 
 #: Official constants of the cross-scale attention: 3x3 matching patches, logits times 10,
 #: pasted patches summed then divided by 6 (a fixed constant, kept for checkpoint parity).
@@ -179,6 +188,23 @@ def _shift_sum_rows(a: torch.Tensor, first: int, start: int, stop: int) -> torch
     return out
 
 
+def _shift_sum(a: torch.Tensor) -> torch.Tensor:
+    """``D`` over a whole ``[H, W, h, w]`` grid: the column pass, then the row pass."""
+    return _shift_sum_rows(_shift_sum_cols(a), 0, 0, a.shape[0])
+
+
+class _ShiftSum(torch.autograd.Function):
+    """``D`` with ``D`` as its backward (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx: object, a: torch.Tensor) -> torch.Tensor:
+        return _shift_sum(a)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return _shift_sum(grad)
+
+
 class _RowPass:
     """The row pass of ``D`` over a map that arrives in consecutive blocks of rows.
 
@@ -234,6 +260,13 @@ class _CrossScaleMaps:
         probs = F.softmax(scores.view(-1, self.keys.shape[1]).mul_(self.key_scale), dim=-1)
         return _shift_sum_cols(self._grid(probs))
 
+    def whole(self) -> torch.Tensor:
+        """All query rows as one piece (``[C, s H, s W]``), differentiable through
+        :class:`_ShiftSum`."""
+        scores = _ShiftSum.apply(self._grid(self.queries @ self.keys))
+        probs = F.softmax(scores.view(-1, self.keys.shape[1]) * self.key_scale, dim=-1)
+        return self.paste(_ShiftSum.apply(self._grid(probs)))
+
     def paste(self, mixed: torch.Tensor) -> torch.Tensor:
         """Output rows for the mixed probability rows: ``[C, s rows, s W]`` (channels last)."""
         out = mixed.view(-1, self.keys.shape[1]) @ self.values
@@ -280,14 +313,26 @@ class CrossScaleAttention(nn.Module):
         r = self.conv_match_2(F.interpolate(x, scale_factor=1 / s, mode="bilinear"))
         channels_last = x.is_contiguous(memory_format=torch.channels_last)
         layout = torch.channels_last if channels_last else torch.contiguous_format
+        if chunk_bytes is None:
+            pieces = [self._whole(e[i], q[i], r[i]) for i in range(n)]
+            return torch.stack(pieces).contiguous(memory_format=layout)
         out = torch.empty(
             (n, c, h * s, w * s), dtype=x.dtype, device=x.device, memory_format=layout
         )
         for i in range(n):
             maps = _CrossScaleMaps(e[i], q[i], r[i], s, self.escape_NaN)
             row_bytes = _CHUNK_COPIES * w * maps.keys.shape[1] * x.element_size()
-            budget = None if chunk_bytes is None else min(chunk_bytes, MAX_CHUNK_BYTES)
-            rows = h if budget is None else max(1, budget // row_bytes)
+            rows = max(1, min(chunk_bytes, MAX_CHUNK_BYTES) // row_bytes)
             _cross_scale_image(maps, out[i], rows)
             del maps
         return out
+
+    def _whole(self, e: torch.Tensor, q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """One image's output in one piece, checkpointed under autograd (module docstring)."""
+
+        def piece(e: torch.Tensor, q: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+            return _CrossScaleMaps(e, q, r, self.scale, self.escape_NaN).whole()
+
+        if not torch.is_grad_enabled():
+            return piece(e, q, r)
+        return checkpoint(piece, e, q, r, use_reentrant=False)
