@@ -170,6 +170,32 @@ def test_two_process_ddp_ranks_end_identical(photos: Path, tmp_path: Path) -> No
     assert len(end["rank_checksums"]) == 2
     assert end["rank_checksums"][0] == end["rank_checksums"][1]
     assert [r["step"] for r in step_records(run)] == [1, 2, 3]  # only rank 0 logs
+    # a time limit stops every rank at rank 0's step: the run ends cleanly, ranks identical
+    args = ("--steps", "50", "--time-limit", "0.01s", "--resume", *TRAIN_ARGS)
+    limited = run_torchrun_train("--data", photos, "--out", run, *args)
+    assert limited.returncode == 0, limited.stderr[-3000:]
+    end = [r for r in read_log(run) if r.get("event") == "end"][-1]
+    assert end["step"] == 4 and end["rank_checksums"][0] == end["rank_checksums"][1]
+
+
+def test_time_limit_ends_the_run_resumably(photos: Path, tmp_path: Path) -> None:
+    """--time-limit ends the run after the step that crosses it, with a checkpoint and the
+    model; --resume goes on to the total.  A limit that cannot be read is one line."""
+    run = tmp_path / "run"
+    args = ("train", "--data", photos, "--out", run, *TRAIN_ARGS)
+    first = run_cli(*args, "--steps", "50", "--time-limit", "0.01s")
+    assert first.returncode == 0, first.stderr
+    assert "time limit reached before step 50: --resume goes on" in first.stderr
+    assert {"event": "time_limit", "step": 1, "seconds": 0.01} in read_log(run)
+    assert (run / "checkpoints" / "step-1.pt").exists() and (run / "model.safetensors").exists()
+    second = run_cli(*args, "--steps", "3", "--resume", "--time-limit", "1h")
+    assert second.returncode == 0, second.stderr
+    assert [r["step"] for r in step_records(run)] == [1, 2, 3]
+    bad = run_cli(*args, "--steps", "3", "--time-limit", "soon")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines() == [
+        "error: cannot read duration 'soon' (try 90s, 8m or 2h)"
+    ]
 
 
 def test_ranks_draw_distinct_slices_of_each_global_batch() -> None:

@@ -629,6 +629,13 @@ def train(
         int | None, typer.Option(help="Total steps (with --resume: the new total).")
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Total epochs, instead of --steps.")] = None,
+    time_limit: Annotated[
+        str | None,
+        typer.Option(
+            help="End the run after this much time of steps (90s, 8m, 2h), as if that step "
+            "were the last: a checkpoint and model.safetensors; --resume goes on."
+        ),
+    ] = None,
     batch_size: Annotated[
         int | None,
         typer.Option(
@@ -715,7 +722,7 @@ def train(
 
     Example: `ttsr train --data photos/ --out runs/mine --steps 2000` (TTSR, lite)
     """
-    from ttsr_cli.train import TrainOptions, load_config
+    from ttsr_cli.train import TrainOptions, load_config, parse_duration
     from ttsr_cli.train import train as run_training
 
     with reported_errors(debug):
@@ -753,12 +760,15 @@ def train(
             init=init,
             seg_maps=seg_maps,
             seg_palette=seg_palette,
+            time_limit=parse_duration(time_limit) if time_limit else None,
         )
         require_writable([out])  # before the data and the model are made
         with training_progress(quiet) as report:
             result = run_training(opts, on_step=report)
         if not quiet:
             stderr.print(f"wrote {result.model_path} after {result.steps} steps")
+            if result.steps < result.total:
+                stderr.print(f"time limit reached before step {result.total}: --resume goes on")
 
 
 #: ``evaluate --model bicubic``: the baseline alone.

@@ -42,7 +42,8 @@ class TrainOptions:
     SFT-GAN's, ``lte_init``, ``lr_lte`` and ``match_loss`` TTSR's; ``scale`` is CSNLN's
     (TTSR and SFT-GAN are x4); ``stage`` is RL-Restore's; ``init`` (the weights a run starts
     from) is all but CSNLN's; ``seg_maps`` and ``seg_palette`` (the photos' class
-    maps) SFT-GAN's."""
+    maps) SFT-GAN's.  ``time_limit`` (seconds of steps) ends the run early, as if its last step
+    were the total: a checkpoint and ``model.safetensors``, so ``--resume`` goes on."""
 
     data: Path | Sequence[Path]
     out: Path
@@ -78,6 +79,7 @@ class TrainOptions:
     init: Path | None = None
     seg_maps: Path | None = None
     seg_palette: Path | None = None
+    time_limit: float | None = None
 
 
 def recipe_for(opts: TrainOptions) -> Recipe:
@@ -419,6 +421,24 @@ def total_steps(opts: TrainOptions, dataset_len: int, world: int) -> int:
 class TrainResult:
     steps: int
     model_path: Path
+    total: int  # the steps asked for: more than ``steps`` when the time limit ended the run
+
+
+#: Units ``--time-limit`` takes, in seconds.
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """``'90'``, ``'90s'``, ``'8m'``, ``'1.5h'`` -> seconds."""
+    s = text.strip().lower()
+    number, unit = (s[:-1], s[-1]) if s and s[-1] in _DURATION_UNITS else (s, "s")
+    try:
+        value = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        raise TTSRError(f"cannot read duration '{text}' (try 90s, 8m or 2h)") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise TTSRError(f"duration must be positive, got '{text}'")
+    return value
 
 
 def train(
@@ -454,7 +474,7 @@ def train(
         if env.main and trainer.step > 0:
             trainer.save_checkpoint()
         raise
-    return _finish(trainer, log)
+    return _finish(trainer, log, total)
 
 
 def _loop(
@@ -473,6 +493,7 @@ def _loop(
         persistent_workers=False,
     )
     tick = time.perf_counter()
+    deadline = None if opts.time_limit is None else time.monotonic() + opts.time_limit
     for batch in loader:
         last = trainer.train_step(batch)
         step, record = trainer.step, None
@@ -486,11 +507,23 @@ def _loop(
         if env.main and on_step:
             on_step(step, total, record)
         tick = time.perf_counter()
+        if deadline is not None and step < total and _past(deadline, trainer.device, env):
+            if log is not None:
+                log.write({"event": "time_limit", "step": step, "seconds": opts.time_limit})
+            return
         if env.main and step % opts.checkpoint_every == 0 and step < total:
             trainer.save_checkpoint()
 
 
-def _finish(trainer: Trainer, log: RunLog | None) -> TrainResult:
+def _past(deadline: float, device: torch.device, env: TorchrunEnv) -> bool:
+    """Whether the time is up: on rank 0's clock, so that every rank stops at the same step."""
+    flag = torch.tensor([float(time.monotonic() >= deadline)], device=device)
+    if env.world > 1:
+        dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def _finish(trainer: Trainer, log: RunLog | None, total: int) -> TrainResult:
     """The last checkpoint, ``model.safetensors`` and the end line, on rank 0."""
     opts, env = trainer.opts, trainer.dist
     model_path = opts.out / "model.safetensors"
@@ -508,7 +541,7 @@ def _finish(trainer: Trainer, log: RunLog | None) -> TrainResult:
     if env.world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return TrainResult(steps=trainer.step, model_path=model_path)
+    return TrainResult(steps=trainer.step, model_path=model_path, total=total)
 
 
 def _validation_samples(opts: TrainOptions) -> list:
