@@ -481,3 +481,44 @@ def test_match_loss_option_is_logged(photos: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(options(photos, run, steps=2, match_loss=0.1))
     assert all(r["match"] > 0 for r in step_records(run))
+
+
+def test_weight_average_folds_each_step_in() -> None:
+    from ttsr_cli.train.ema import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    average = WeightAverage(model, 0.75)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model[0].weight.add_(4.0)
+    model.train()(torch.randn(3, 1, 4, 4))  # moves BatchNorm's statistics and its counter
+    average.update(model)
+    after = model.state_dict()
+    for name, value in average.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, 0.75 * before[name] + 0.25 * after[name]), name
+        else:
+            assert value.item() == after[name].item() == 1, name
+    with pytest.raises(ValueError, match="decay"):
+        WeightAverage(model, 1.0)
+
+
+def test_ema_is_exported_and_survives_a_resume(photos: Path, tmp_path: Path) -> None:
+    """With --ema the model file is the average (the checkpoint keeps both), and a resumed
+    run's average is the uninterrupted run's."""
+    from ttsr_cli.weights import read_checkpoint
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(options(photos, straight, steps=4, ema=0.5))
+    train(options(photos, split, steps=2, ema=0.5))
+    train(options(photos, split, steps=4, ema=0.5, resume=True))
+    exported, meta = read_checkpoint(straight / "model.safetensors")
+    assert meta["ema"] == "0.5"
+    state = torch.load(straight / "checkpoints" / "step-4.pt", weights_only=True)
+    assert all(torch.equal(exported[k], state["ema"][k]) for k in exported)
+    assert any(not torch.equal(exported[k], state["model"][k]) for k in exported)
+    resumed, _ = read_checkpoint(split / "model.safetensors")
+    assert all(torch.equal(exported[k], resumed[k]) for k in exported)
+    bad = run_cli("train", "--data", photos, "--out", tmp_path / "bad", "--ema", "1.5")
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert "--ema 1.5: a decay in [0, 1), such as 0.999 (0: off)" in bad.stderr

@@ -691,6 +691,13 @@ def train(
             "Helps an LTE trained from scratch tell patches apart."
         ),
     ] = 0.0,
+    ema: Annotated[
+        float,
+        typer.Option(
+            help="Export (and validate) the moving average of the weights, with this decay "
+            "per step (e.g. 0.999), instead of the last weights; 0: off."
+        ),
+    ] = 0.0,
     channels_last: Annotated[
         bool, typer.Option("--channels-last", help="NHWC memory layout.")
     ] = False,
@@ -761,6 +768,7 @@ def train(
             seg_maps=seg_maps,
             seg_palette=seg_palette,
             time_limit=parse_duration(time_limit) if time_limit else None,
+            ema=ema,
         )
         require_writable([out])  # before the data and the model are made
         with training_progress(quiet) as report:

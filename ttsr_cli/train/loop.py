@@ -28,6 +28,7 @@ from torch import nn
 from ttsr_cli.atomic import atomic_path
 from ttsr_cli.devices import TorchrunEnv, select_device, torchrun_env
 from ttsr_cli.errors import TTSRError
+from ttsr_cli.train.ema import WeightAverage
 from ttsr_cli.train.recipe import Recipe
 
 ARCHS = ("ttsr", "csnln", "rl-restore", "sftgan", "sftgan-seg")
@@ -43,7 +44,9 @@ class TrainOptions:
     (TTSR and SFT-GAN are x4); ``stage`` is RL-Restore's; ``init`` (the weights a run starts
     from) is all but CSNLN's; ``seg_maps`` and ``seg_palette`` (the photos' class
     maps) SFT-GAN's.  ``time_limit`` (seconds of steps) ends the run early, as if its last step
-    were the total: a checkpoint and ``model.safetensors``, so ``--resume`` goes on."""
+    were the total: a checkpoint and ``model.safetensors``, so ``--resume`` goes on.  ``ema``
+    (a decay; 0: off) exports the weights' moving average (:mod:`ttsr_cli.train.ema`) instead
+    of the last weights."""
 
     data: Path | Sequence[Path]
     out: Path
@@ -80,6 +83,7 @@ class TrainOptions:
     seg_maps: Path | None = None
     seg_palette: Path | None = None
     time_limit: float | None = None
+    ema: float = 0.0
 
 
 def recipe_for(opts: TrainOptions) -> Recipe:
@@ -111,6 +115,10 @@ def _refuse_foreign_options(opts: TrainOptions) -> None:
     """Options of one family given to another are refused, not silently ignored."""
     if opts.arch != "rl-restore" and opts.stage != "tools":
         raise TTSRError("--stage is RL-Restore's (--arch rl-restore)")
+    if not 0.0 <= opts.ema < 1.0:
+        raise TTSRError(f"--ema {opts.ema}: a decay in [0, 1), such as 0.999 (0: off)")
+    if opts.ema and opts.arch == "rl-restore" and opts.stage == "agent":
+        raise TTSRError("--ema is for networks trained on a loss, not RL-Restore's agent")
     if opts.arch == "csnln" and opts.init is not None:
         raise TTSRError("--init is for --arch ttsr, rl-restore, sftgan and sftgan-seg")
     if not opts.arch.startswith("sftgan") and (opts.seg_maps or opts.seg_palette):
@@ -184,6 +192,7 @@ class Trainer:
         self.model = recipe.create().to(device)
         if opts.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.average = WeightAverage(self.model, opts.ema) if opts.ema else None
         groups = recipe.param_groups(self.model)
         self.rate_names = [group.pop("name") for group in groups]
         self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.999), eps=1e-8)
@@ -223,6 +232,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.average is not None:
+            self.average.update(self.model)
         self.step += 1
         logged.update({name: float(value.detach()) for name, value in terms.items()})
         logged["loss"] = float(loss.detach())
@@ -237,6 +248,8 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """``checkpoints/step-N.pt`` (:func:`write_checkpoint`)."""
         state = {**learning_state(self), "scaler": self.scaler.state_dict()}
+        if self.average is not None:
+            state["ema"] = self.average.state_dict()
         return write_checkpoint(self.opts, self.step, {**state, **self.recipe.state()})
 
     def load_checkpoint(self, path: Path) -> None:
@@ -244,6 +257,8 @@ class Trainer:
         load_learning_state(self, state)
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.average is not None:  # a checkpoint without one starts it from its weights
+            self.average.load_state_dict(state.get("ema", state["model"]))
 
     def run(
         self,
@@ -255,15 +270,20 @@ class Trainer:
         """Steps up to ``total`` (see :func:`_loop`)."""
         _loop(self, total, log, val_samples, on_step)
 
+    def exported(self) -> nn.Module:
+        """The network ``model.safetensors`` gets: the weight average with ``--ema``."""
+        return self.model if self.average is None else self.average.module
+
     def validate(self, samples: list) -> dict[str, float | None]:
-        """PSNR/SSIM (the family's protocol) of the current weights and of bicubic."""
+        """PSNR/SSIM (the family's protocol) of the exported weights and of bicubic."""
         from ttsr_cli.archs import describe
         from ttsr_cli.evaluate import Benchmark, run
         from ttsr_cli.run import RunSettings, make_runner
 
         settings = RunSettings(self.device, search="exact", channels_last=self.opts.channels_last)
-        descriptor = describe(self.model)
-        runner = make_runner(self.model, descriptor, settings)
+        model = self.exported()
+        descriptor = describe(model)
+        runner = make_runner(model, descriptor, settings)
         benchmark = Benchmark("val", self.recipe.protocol, samples, runner, descriptor.scale)
         report = run(benchmark)
         self.model.train()
@@ -535,7 +555,9 @@ def _finish(trainer: Trainer, log: RunLog | None, total: int) -> TrainResult:
             extra["preset"] = opts.preset
         if opts.arch == "rl-restore":
             extra["stage"] = opts.stage
-        trainer.recipe.save(trainer.model, model_path, extra)
+        if opts.ema:
+            extra["ema"] = str(opts.ema)
+        trainer.recipe.save(trainer.exported(), model_path, extra)
         log.write({"event": "end", "step": trainer.step, "rank_checksums": checksums})
         log.close()
     if env.world > 1:
