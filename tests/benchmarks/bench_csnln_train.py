@@ -28,12 +28,11 @@ IMPLS = ("ours", "autograd")
 
 def _inference_path(self, e, q, r):  # type: ignore[no-untyped-def]
     """The baseline's attention: the streamed code, one block of all rows, under autograd."""
-    import torch
 
     from ttsr_cli.archs.csnln import attention
 
     maps = attention._CrossScaleMaps(e, q, r, self.scale, self.escape_NaN)
-    out = torch.empty(e.shape[0], e.shape[1] * self.scale, e.shape[2] * self.scale)
+    out = e.new_empty(e.shape[0], e.shape[1] * self.scale, e.shape[2] * self.scale)
     attention._cross_scale_image(maps, out, maps.height)
     return out
 

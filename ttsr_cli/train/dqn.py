@@ -253,6 +253,7 @@ class AgentTrainer:
         decay = opts.lr_decay_steps or 10**12
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, decay, opts.lr_gamma)
         self.memory = ReplayMemory(self.schedule.memory)
+        self.average = None  # --ema is refused for this stage
         self.step = 0
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -307,6 +308,7 @@ class AgentTrainer:
     # The shared loop (batches, logging, checkpoints on schedule) drives this trainer too.
     run = Trainer.run
     parameter_checksum = Trainer.parameter_checksum
+    exported = Trainer.exported
 
 
 class AgentRecipe(RLRestoreRecipe):
