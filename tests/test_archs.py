@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from conftest import ROOT, TINY, run_cli
 from ttsr_cli import archs
+from ttsr_cli.archs.blocks import fold_batchnorm
 from ttsr_cli.archs.ttsr import TTSR
 from ttsr_cli.errors import TTSRError
 from ttsr_cli.weights import load, save_safetensors
@@ -103,3 +105,32 @@ def test_metadata_naming_another_family_is_refused(tmp_path: Path) -> None:
     save_safetensors(TTSR(TINY), path, {"arch": "csnln"})
     with pytest.raises(TTSRError, match="metadata says a csnln network"):
         load(path)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_fold_batchnorm_keeps_the_values_and_leaves_no_batchnorm(affine: bool) -> None:
+    """Conv (with and without a bias) then BatchNorm (trained statistics, with and without
+    its affine part), folded: the same map up to rounding, one pass fewer."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8, affine=affine),
+        nn.ReLU(),
+        nn.Sequential(nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4, affine=affine)),
+    )
+    for bn in (net[1], net[3][1]):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.2, 3)
+        if affine:
+            nn.init.uniform_(bn.weight, 0.5, 2)
+            nn.init.uniform_(bn.bias, -1, 1)
+    net.eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = net(x)
+        folded = fold_batchnorm(net)
+        got = folded(x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert isinstance(folded[1], nn.Identity) and folded[0].bias is not None
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert expected.abs().max() > 1  # the statistics did something

@@ -7,6 +7,7 @@ The segmentation weights (about 209 MB) are regenerated once per module by the f
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
@@ -22,6 +23,7 @@ from PIL import Image
 from conftest import require_sftgan_fixture, run_cli, sample_image, save_png
 from ttsr_cli import archs
 from ttsr_cli.archs import check_state_dict
+from ttsr_cli.archs.blocks import fold_batchnorm
 from ttsr_cli.archs.sftgan import CLASSES, SFTGAN, OutdoorSceneSeg, SFTGANConfig
 from ttsr_cli.archs.sftgan.load import FAMILY, PRIOR, load_segmentation
 from ttsr_cli.errors import TTSRError
@@ -181,6 +183,26 @@ def test_segmentation_gives_the_authors_probabilities(
     prob = seg_out["prob"]
     assert prob.shape == outputs["seg_prob"].shape
     assert (prob - outputs["seg_prob"]).abs().max() <= PROB_TOL
+    top2 = outputs["seg_prob"][0].topk(2, dim=0).values
+    close = (top2[0] - top2[1]) < ARGMAX_MARGIN
+    differ = prob[0].argmax(0).to(torch.uint8) != outputs["seg_argmax"]
+    assert not (differ & ~close).any()
+
+
+def test_folded_segmentation_gives_the_authors_probabilities(
+    segmentation: OutdoorSceneSeg, parity: dict, seg_out: dict
+) -> None:
+    """``ttsr upscale`` runs the segmentation with its BatchNorms folded into the convolutions
+    and in NHWC: still within the fixture's tolerances."""
+    folded = fold_batchnorm(copy.deepcopy(segmentation)).to(memory_format=torch.channels_last)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    outputs = parity["outputs"]
+    with torch.inference_mode():
+        x = parity["inputs"]["seg_input"].contiguous(memory_format=torch.channels_last)
+        logits, prob = folded.logits(x), folded(x)
+    assert (logits - outputs["seg_lowres_logits"]).abs().max() <= LOGITS_TOL
+    assert (prob - outputs["seg_prob"]).abs().max() <= PROB_TOL
+    assert 0 < (prob - seg_out["prob"]).abs().max() <= PROB_TOL  # rounding moved, no more
     top2 = outputs["seg_prob"][0].topk(2, dim=0).values
     close = (top2[0] - top2[1]) < ARGMAX_MARGIN
     differ = prob[0].argmax(0).to(torch.uint8) != outputs["seg_argmax"]

@@ -87,7 +87,7 @@ def _resize_axis(image: np.ndarray, axis: int, scale: float, antialiasing: bool)
     in_len = image.shape[axis]
     out_len = math.ceil(in_len * scale)
     indices, weights = _contributions(in_len, out_len, scale, antialiasing)
-    moved = np.moveaxis(image, axis, 0)
+    moved = np.ascontiguousarray(np.moveaxis(image, axis, 0))  # each gather copies whole rows
     extra = (1,) * (moved.ndim - 1)
     out = np.zeros((out_len, *moved.shape[1:]), dtype=np.float64)
     for t in range(indices.shape[1]):

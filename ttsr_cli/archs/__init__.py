@@ -125,11 +125,14 @@ def check_declared(name: str, declared: Mapping[str, Any], actual: Mapping[str, 
         raise TTSRError(f"{name} metadata says {said} but tensors say {found}")
 
 
-def load_strictly(model: M, state: Mapping[str, torch.Tensor], name: str) -> M:
+def load_strictly(
+    model: M, state: Mapping[str, torch.Tensor], name: str, assign: bool = False
+) -> M:
     """``model`` with ``state`` loaded strictly, in eval mode; a mismatch is one line
-    (:func:`check_state_dict`) naming ``name``."""
+    (:func:`check_state_dict`) naming ``name``.  ``assign``: the model's tensors become
+    ``state``'s (for a model built on the meta device, whose values are never computed)."""
     check_state_dict(model, state, name)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=assign)
     return model.eval()
 
 

@@ -46,3 +46,38 @@ def conv_cat(conv: nn.Conv2d, *parts: torch.Tensor) -> torch.Tensor:
         start = stop
     assert out is not None and start == conv.in_channels, "parts do not fill the conv input"
     return out
+
+
+@torch.no_grad()
+def fold_batchnorm(net: nn.Module) -> nn.Module:
+    """``net`` for inference, in place: each BatchNorm that directly follows a convolution in
+    a ``Sequential`` is folded into that convolution's weight and bias and replaced by an
+    identity.  The affine map then costs nothing: the convolution writes the normalised map
+    in the same pass, where the BatchNorm read and wrote every value once more (at a deep
+    ResNet's widths that pass costs as much as a convolution).  The values differ from the
+    unfolded network's by rounding only; its ``state_dict`` keys change, so a folded network
+    is for running, not for saving or training."""
+    for seq in net.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                _fold(conv, bn)
+                seq[i + 1] = nn.Identity()
+    return net.eval()
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """``bn(conv(x))`` as one convolution: the per-channel factors in float64, the weights
+    scaled in place (a float64 copy of a deep network's weights would outlive the fold in
+    the process's peak memory)."""
+    assert bn.running_mean is not None and bn.running_var is not None
+    mean, var = bn.running_mean.double(), bn.running_var.double()
+    alpha = (var + bn.eps).rsqrt()
+    shift = -mean * alpha
+    if bn.affine:
+        alpha, shift = alpha * bn.weight.double(), shift * bn.weight.double() + bn.bias.double()
+    bias = shift if conv.bias is None else conv.bias.double() * alpha + shift
+    conv.weight.mul_(alpha.to(conv.weight.dtype).view(-1, 1, 1, 1))
+    conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)

@@ -95,14 +95,16 @@ def _segmentation(descriptor: Descriptor, run: RunSettings) -> nn.Module | None:
             "--seg-weights FILE (the authors' segmentation_OST_bic.pth), or give the priors "
             "with --seg-maps"
         )
+    from ttsr_cli.archs.blocks import fold_batchnorm
     from ttsr_cli.archs.sftgan.load import load_segmentation
 
     path = Path(seg_weights)
     state, _ = weights.read_checkpoint(path)
     try:
-        return load_segmentation(state)
+        network = load_segmentation(state)
     except TTSRError as exc:
         raise TTSRError(f"{path}: {exc}") from None
+    return fold_batchnorm(network)  # this copy is only run: never trained or saved
 
 
 def load_restorer(choice: str, run: RunSettings) -> Runner:

@@ -22,6 +22,6 @@ def condition_network(classes: int, hidden: int, out_channels: int, scale: int) 
     because the published weights are keyed ``CondNet.0`` ... ``CondNet.8``."""
     layers: list[nn.Module] = [nn.Conv2d(classes, hidden, scale, stride=scale)]
     for _ in range(HIDDEN_LAYERS):
-        layers += [nn.LeakyReLU(SLOPE), nn.Conv2d(hidden, hidden, 1)]
-    layers += [nn.LeakyReLU(SLOPE), nn.Conv2d(hidden, out_channels, 1)]
+        layers += [nn.LeakyReLU(SLOPE, inplace=True), nn.Conv2d(hidden, hidden, 1)]
+    layers += [nn.LeakyReLU(SLOPE, inplace=True), nn.Conv2d(hidden, out_channels, 1)]
     return nn.Sequential(*layers)

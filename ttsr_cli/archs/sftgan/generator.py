@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ttsr_cli.archs.sftgan.condition import condition_network
 from ttsr_cli.archs.sftgan.sft import VARIANTS, SFTLayer
@@ -90,13 +89,13 @@ class ResBlockSFT(nn.Module):
         self.conv1 = _conv3(channels, channels)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        # In place where the operand is a fresh map nothing else reads: the same values.
         if self.torch_order:
-            h = self.conv0(F.relu(self.sft0(x, cond)))
-            h = F.relu(self.sft1(h, cond))
+            h = self.conv0(self.sft0(x, cond).relu_())
+            h = self.sft1(h, cond).relu_()
         else:
-            h = F.relu(self.conv0(self.sft0(x, cond)))
-            h = self.sft1(h, cond)
-        return x + self.conv1(h)
+            h = self.sft1(self.conv0(self.sft0(x, cond)).relu_(), cond)
+        return self.conv1(h).add_(x)
 
 
 def _upsampling(variant: str, channels: int) -> nn.Sequential:
@@ -107,8 +106,8 @@ def _upsampling(variant: str, channels: int) -> nn.Sequential:
             stages += [nn.Upsample(scale_factor=2, mode="nearest"), _conv3(channels, channels)]
         else:
             stages += [_conv3(channels, 4 * channels), nn.PixelShuffle(2)]
-        stages.append(nn.ReLU())
-    stages += [_conv3(channels, channels), nn.ReLU(), _conv3(channels, 3)]
+        stages.append(nn.ReLU(inplace=True))
+    stages += [_conv3(channels, channels), nn.ReLU(inplace=True), _conv3(channels, 3)]
     return nn.Sequential(*stages)
 
 

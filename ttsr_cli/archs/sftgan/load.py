@@ -162,11 +162,15 @@ def load_segmentation(state: Mapping[str, torch.Tensor]) -> OutdoorSceneSeg:
         raise TTSRError(
             "this is an SFT-GAN generator, not its OutdoorSceneSeg segmentation network"
         )
-    model = OutdoorSceneSeg()
+    with torch.device("meta"):  # no random initialisation of 52M weights to overwrite
+        model = OutdoorSceneSeg()
     if not any(key.endswith(_BATCHES_TRACKED) for key in state):
-        expected = model.state_dict()
-        state.update({k: v.clone() for k, v in expected.items() if k.endswith(_BATCHES_TRACKED)})
-    return load_strictly(model, state, "OutdoorSceneSeg (SFT-GAN's segmentation network)")
+        zero = torch.zeros((), dtype=torch.long)
+        state.update({k: zero.clone() for k in model.state_dict() if k.endswith(_BATCHES_TRACKED)})
+    # The model's own copies, in float32: what load_state_dict would have copied into.
+    state = {k: v.float().clone() if v.is_floating_point() else v.clone() for k, v in state.items()}
+    name = "OutdoorSceneSeg (SFT-GAN's segmentation network)"
+    return load_strictly(model, state, name, assign=True)
 
 
 FAMILY = Family(

@@ -46,5 +46,5 @@ class SFTLayer(nn.Module):
         scale = self.SFT_scale_conv1(F.leaky_relu(self.SFT_scale_conv0(cond), self.slope))
         shift = self.SFT_shift_conv1(F.leaky_relu(self.SFT_shift_conv0(cond), self.slope))
         if self.offset:
-            scale = scale + self.offset
-        return x * scale + shift
+            scale.add_(self.offset)  # in place: a fresh map; x * scale + shift, same values
+        return (x * scale).add_(shift)
