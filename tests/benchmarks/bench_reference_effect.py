@@ -60,6 +60,17 @@ def measure(
     return row
 
 
+def measure_pairs(upscaler: TTSRRunner, pairs: list) -> list[dict]:
+    """:func:`measure`'s row for each pair, with itself, the unrelated reference (the true
+    reference of the pair half the list away) and the true one."""
+    rows = []
+    for i, (hr, ref, placement) in enumerate(pairs):
+        other = pairs[(i + len(pairs) // 2) % len(pairs)][1]
+        refs = {"self": None, "unrelated": other, "true": ref}
+        rows.append(measure(upscaler, hr, refs, placement))
+    return rows
+
+
 def hard_attention_accuracy(
     source: np.ndarray, grid: tuple[int, int], placement: Placement
 ) -> float:
@@ -112,11 +123,8 @@ def main() -> None:
     pairs = retrieval_cases(args.data, limit=args.pairs)
     if len(pairs) < 2:
         sys.exit("need at least two pairs")
-    start, rows = time.perf_counter(), []
-    for i, (hr, ref, placement) in enumerate(pairs):
-        other = pairs[(i + len(pairs) // 2) % len(pairs)][1]
-        refs = {"self": None, "unrelated": other, "true": ref}
-        rows.append(measure(upscaler, hr, refs, placement))
+    start = time.perf_counter()
+    rows = measure_pairs(upscaler, pairs)
     print(
         f"{weights.name}, {len(rows)} Urban100 pairs, {args.search} search, "
         f"{time.perf_counter() - start:.0f} s"

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_match_ref import DEFAULT_DATA, retrieval_cases
-from bench_reference_effect import measure, summary
+from bench_reference_effect import measure_pairs, summary
 
 from ttsr_cli import registry
 from ttsr_cli.archs.ttsr.mainnet import MainNet, conv_cat
@@ -117,14 +117,8 @@ def finetune(model: nn.Module, data: list[Path], args: argparse.Namespace) -> li
 def evaluate(model: nn.Module, pairs: list) -> list[dict]:
     """``bench_reference_effect``'s rows for ``model`` (exact search, CPU)."""
     runner = TTSRRunner(model.eval(), torch.device("cpu"), search="exact")
-    rows = []
     with torch.no_grad():
-        for i, (hr, ref, placement) in enumerate(pairs):
-            other = pairs[(i + len(pairs) // 2) % len(pairs)][1]
-            rows.append(
-                measure(runner, hr, {"self": None, "unrelated": other, "true": ref}, placement)
-            )
-    return rows
+        return measure_pairs(runner, pairs)
 
 
 def main() -> None:
